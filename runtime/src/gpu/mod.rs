@@ -1,0 +1,378 @@
+//! Vulkan instance and device: enumeration, the choice of device, the
+//! capability report, and the shared owner that tears everything down in
+//! order (every other Vulkan object holds an `Arc<DeviceShared>`, so the
+//! device and instance are destroyed last).
+use std::ffi::CStr;
+use std::sync::{Arc, Mutex};
+
+use ash::vk;
+use serde::Serialize;
+
+use crate::error::{Error, Result, VkResultExt};
+use crate::path::{kernel_side, PathAvailability, PathKind, ReasonCode, Unavailable};
+
+pub(crate) mod kernels;
+pub(crate) mod memory;
+
+pub use memory::BufferOrigin;
+
+/// The kind of a physical device, in the order dmafile prefers them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Discrete,
+    Integrated,
+    Virtual,
+    Cpu,
+    Other,
+}
+
+impl From<vk::PhysicalDeviceType> for DeviceKind {
+    fn from(t: vk::PhysicalDeviceType) -> Self {
+        match t {
+            vk::PhysicalDeviceType::DISCRETE_GPU => DeviceKind::Discrete,
+            vk::PhysicalDeviceType::INTEGRATED_GPU => DeviceKind::Integrated,
+            vk::PhysicalDeviceType::VIRTUAL_GPU => DeviceKind::Virtual,
+            vk::PhysicalDeviceType::CPU => DeviceKind::Cpu,
+            _ => DeviceKind::Other,
+        }
+    }
+}
+
+/// Extensions and features that matter to dmafile.
+#[derive(Clone, Debug, Serialize)]
+pub struct Features {
+    /// VK_KHR_external_memory_fd: import of fds (dma-bufs).
+    pub external_memory_fd: bool,
+    /// VK_EXT_external_memory_dma_buf: the direct and heap paths.
+    pub external_memory_dma_buf: bool,
+    /// VK_EXT_external_memory_host: the host path.
+    pub external_memory_host: bool,
+    /// Timeline semaphores (Vulkan 1.2 core): streaming with a queue depth.
+    pub timeline_semaphore: bool,
+}
+
+/// One memory type of the device.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemoryType {
+    pub heap: u32,
+    pub heap_size: u64,
+    pub device_local: bool,
+    pub host_visible: bool,
+    pub host_coherent: bool,
+    pub host_cached: bool,
+}
+
+/// What dmafile knows about a Vulkan device: the capability report.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceInfo {
+    pub index: usize,
+    pub name: String,
+    pub kind: DeviceKind,
+    pub vendor_id: u32,
+    pub device_id: u32,
+    pub api_version: String,
+    pub driver: String,
+    pub features: Features,
+    pub max_storage_buffer_range: u64,
+    pub max_memory_allocation_size: u64,
+    /// Alignment of host pointers and sizes for the host path (0 without the extension).
+    pub min_imported_host_pointer_alignment: u64,
+    pub max_compute_work_group_count_x: u32,
+    pub memory_types: Vec<MemoryType>,
+    /// True when some memory is both device-local and host-visible (UMA,
+    /// lavapipe, resizable BAR): the upload path then writes straight into
+    /// the memory the shader reads; otherwise it stages and copies on the GPU.
+    pub host_visible_device_local: bool,
+}
+
+impl DeviceInfo {
+    /// The largest chunk a shader can see in one binding on this device.
+    pub fn max_chunk(&self) -> u64 {
+        let cap = self.max_storage_buffer_range.min(self.max_memory_allocation_size);
+        // Whole pages, and the block count must fit the dispatch limits.
+        let by_groups = self.max_compute_work_group_count_x as u64 * 64 * crate::shader::BLOCK_BYTES;
+        cap.min(by_groups) & !(crate::PAGE_SIZE - 1)
+    }
+}
+
+/// Owns the loader, instance and device. Dropped last.
+pub(crate) struct DeviceShared {
+    _entry: ash::Entry,
+    pub instance: ash::Instance,
+    pub device: ash::Device,
+    pub physical: vk::PhysicalDevice,
+    pub queue: Mutex<vk::Queue>,
+    pub queue_family: u32,
+    pub host_ext: Option<ash::ext::external_memory_host::Device>,
+    pub mem_props: vk::PhysicalDeviceMemoryProperties,
+    pub info: DeviceInfo,
+}
+
+impl Drop for DeviceShared {
+    fn drop(&mut self) {
+        // SAFETY: every object created from the device holds an Arc to this
+        // struct, so none is alive any more; the device goes before the
+        // instance it was made from.
+        unsafe {
+            let _ = self.device.device_wait_idle();
+            self.device.destroy_device(None);
+            self.instance.destroy_instance(None);
+        }
+    }
+}
+
+fn load_entry() -> Result<ash::Entry> {
+    // SAFETY: loading libvulkan runs its initialisers; we trust the system loader.
+    unsafe { ash::Entry::load() }
+        .map_err(|e| Error::NoVulkan(format!("cannot load the Vulkan loader libvulkan.so.1 ({e}); install libvulkan1 and a driver (`make setup`)")))
+}
+
+fn create_instance(entry: &ash::Entry) -> Result<ash::Instance> {
+    let app = vk::ApplicationInfo::default()
+        .application_name(c"dmafile")
+        .application_version(1)
+        .engine_name(c"dmafile")
+        .api_version(vk::API_VERSION_1_2);
+    let exts = [ash::khr::get_physical_device_properties2::NAME.as_ptr()];
+    let ci = vk::InstanceCreateInfo::default().application_info(&app).enabled_extension_names(&exts);
+    // SAFETY: the create info and everything it points to outlive the call.
+    unsafe { entry.create_instance(&ci, None) }.vk("vkCreateInstance")
+}
+
+fn cstr_field(raw: &[std::ffi::c_char]) -> String {
+    // SAFETY: Vulkan guarantees these fixed arrays are NUL-terminated.
+    unsafe { CStr::from_ptr(raw.as_ptr()) }.to_string_lossy().into_owned()
+}
+
+fn describe(instance: &ash::Instance, index: usize, pd: vk::PhysicalDevice) -> Result<DeviceInfo> {
+    // SAFETY: pd was enumerated from this instance.
+    let exts = unsafe { instance.enumerate_device_extension_properties(pd) }.vk("vkEnumerateDeviceExtensionProperties")?;
+    let has = |name: &CStr| exts.iter().any(|e| e.extension_name_as_c_str().ok() == Some(name));
+
+    let mut driver = vk::PhysicalDeviceDriverProperties::default();
+    let mut maint3 = vk::PhysicalDeviceMaintenance3Properties::default();
+    let mut host_props = vk::PhysicalDeviceExternalMemoryHostPropertiesEXT::default();
+    let host = has(ash::ext::external_memory_host::NAME);
+    let mut props2 = vk::PhysicalDeviceProperties2::default().push_next(&mut driver).push_next(&mut maint3);
+    if host {
+        props2 = props2.push_next(&mut host_props);
+    }
+    // SAFETY: the chained structs live until the call returns.
+    unsafe { instance.get_physical_device_properties2(pd, &mut props2) };
+    let p = props2.properties;
+
+    let mut timeline = vk::PhysicalDeviceTimelineSemaphoreFeatures::default();
+    let mut feats2 = vk::PhysicalDeviceFeatures2::default().push_next(&mut timeline);
+    // SAFETY: as above.
+    unsafe { instance.get_physical_device_features2(pd, &mut feats2) };
+    let timeline_ok = timeline.timeline_semaphore == vk::TRUE && p.api_version >= vk::API_VERSION_1_2;
+
+    // SAFETY: pd is valid.
+    let mp = unsafe { instance.get_physical_device_memory_properties(pd) };
+    let memory_types: Vec<MemoryType> = mp.memory_types[..mp.memory_type_count as usize]
+        .iter()
+        .map(|t| MemoryType {
+            heap: t.heap_index,
+            heap_size: mp.memory_heaps[t.heap_index as usize].size,
+            device_local: t.property_flags.contains(vk::MemoryPropertyFlags::DEVICE_LOCAL),
+            host_visible: t.property_flags.contains(vk::MemoryPropertyFlags::HOST_VISIBLE),
+            host_coherent: t.property_flags.contains(vk::MemoryPropertyFlags::HOST_COHERENT),
+            host_cached: t.property_flags.contains(vk::MemoryPropertyFlags::HOST_CACHED),
+        })
+        .collect();
+    let host_visible_device_local = memory_types.iter().any(|t| t.device_local && t.host_visible && t.host_coherent);
+    let v = p.api_version;
+    Ok(DeviceInfo {
+        index,
+        name: cstr_field(&p.device_name),
+        kind: p.device_type.into(),
+        vendor_id: p.vendor_id,
+        device_id: p.device_id,
+        api_version: format!("{}.{}.{}", vk::api_version_major(v), vk::api_version_minor(v), vk::api_version_patch(v)),
+        driver: format!("{} ({})", cstr_field(&driver.driver_name), cstr_field(&driver.driver_info)),
+        features: Features {
+            external_memory_fd: has(ash::khr::external_memory_fd::NAME),
+            external_memory_dma_buf: has(ash::ext::external_memory_dma_buf::NAME) && has(ash::khr::external_memory_fd::NAME),
+            external_memory_host: host,
+            timeline_semaphore: timeline_ok,
+        },
+        max_storage_buffer_range: p.limits.max_storage_buffer_range as u64,
+        max_memory_allocation_size: maint3.max_memory_allocation_size,
+        min_imported_host_pointer_alignment: if host { host_props.min_imported_host_pointer_alignment } else { 0 },
+        max_compute_work_group_count_x: p.limits.max_compute_work_group_count[0],
+        memory_types,
+        host_visible_device_local,
+    })
+}
+
+/// Lists the Vulkan devices without opening any.
+pub fn enumerate_devices() -> Result<Vec<DeviceInfo>> {
+    let entry = load_entry()?;
+    let instance = create_instance(&entry)?;
+    let result = (|| {
+        // SAFETY: instance is valid.
+        let pds = unsafe { instance.enumerate_physical_devices() }.vk("vkEnumeratePhysicalDevices")?;
+        pds.iter().enumerate().map(|(i, &pd)| describe(&instance, i, pd)).collect()
+    })();
+    // SAFETY: no object was created from this instance.
+    unsafe { instance.destroy_instance(None) };
+    result
+}
+
+/// Picks a device: `wanted` (DMAFILE_DEVICE) is an index or a substring of
+/// the name; without it, discrete > integrated > virtual > CPU.
+pub fn choose_device(devices: &[DeviceInfo], wanted: Option<&str>) -> Result<usize> {
+    if devices.is_empty() {
+        return Err(Error::NoVulkan("no Vulkan device found (is a driver installed? lavapipe: mesa-vulkan-drivers)".into()));
+    }
+    let have = || devices.iter().map(|d| format!("{}: {}", d.index, d.name)).collect::<Vec<_>>().join(", ");
+    if let Some(w) = wanted.map(str::trim).filter(|w| !w.is_empty()) {
+        if let Ok(i) = w.parse::<usize>() {
+            return devices
+                .iter()
+                .position(|d| d.index == i)
+                .ok_or_else(|| Error::NoSuchDevice { wanted: w.into(), have: have() });
+        }
+        let lw = w.to_lowercase();
+        return devices
+            .iter()
+            .position(|d| d.name.to_lowercase().contains(&lw))
+            .ok_or_else(|| Error::NoSuchDevice { wanted: w.into(), have: have() });
+    }
+    Ok(devices.iter().enumerate().min_by_key(|(_, d)| (d.kind, d.index)).map(|(i, _)| i).unwrap_or(0))
+}
+
+/// An open Vulkan device ready for dmafile's work.
+#[derive(Clone)]
+pub struct Gpu {
+    pub(crate) shared: Arc<DeviceShared>,
+}
+
+impl Gpu {
+    /// Opens the device named by `DMAFILE_DEVICE`, or the best one.
+    pub fn open_default() -> Result<Gpu> {
+        Gpu::open(std::env::var("DMAFILE_DEVICE").ok().as_deref())
+    }
+
+    /// Opens the device `wanted` selects (see [`choose_device`]).
+    pub fn open(wanted: Option<&str>) -> Result<Gpu> {
+        let entry = load_entry()?;
+        let instance = create_instance(&entry)?;
+        match Self::open_device(&instance, wanted) {
+            Ok((device, physical, queue_family, info, host_ext, mem_props)) => {
+                // SAFETY: queue family `queue_family` with one queue was requested.
+                let queue = unsafe { device.get_device_queue(queue_family, 0) };
+                Ok(Gpu {
+                    shared: Arc::new(DeviceShared {
+                        _entry: entry,
+                        instance,
+                        device,
+                        physical,
+                        queue: Mutex::new(queue),
+                        queue_family,
+                        host_ext,
+                        mem_props,
+                        info,
+                    }),
+                })
+            }
+            Err(e) => {
+                // SAFETY: nothing else was created from the instance.
+                unsafe { instance.destroy_instance(None) };
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn open_device(
+        instance: &ash::Instance,
+        wanted: Option<&str>,
+    ) -> Result<(
+        ash::Device,
+        vk::PhysicalDevice,
+        u32,
+        DeviceInfo,
+        Option<ash::ext::external_memory_host::Device>,
+        vk::PhysicalDeviceMemoryProperties,
+    )> {
+        // SAFETY: instance is valid.
+        let pds = unsafe { instance.enumerate_physical_devices() }.vk("vkEnumeratePhysicalDevices")?;
+        let infos = pds.iter().enumerate().map(|(i, &pd)| describe(instance, i, pd)).collect::<Result<Vec<_>>>()?;
+        let idx = choose_device(&infos, wanted)?;
+        let pd = pds[idx];
+        let info = infos[idx].clone();
+        if !info.features.timeline_semaphore {
+            return Err(Error::DeviceUnsuitable {
+                device: info.name,
+                what: "no timeline semaphores (Vulkan 1.2 needed)".into(),
+            });
+        }
+        // SAFETY: pd is valid.
+        let families = unsafe { instance.get_physical_device_queue_family_properties(pd) };
+        let family = families
+            .iter()
+            .position(|f| f.queue_flags.contains(vk::QueueFlags::COMPUTE))
+            .ok_or_else(|| Error::DeviceUnsuitable { device: info.name.clone(), what: "no compute queue".into() })?
+            as u32;
+        let mut exts = vec![];
+        if info.features.external_memory_fd {
+            exts.push(ash::khr::external_memory_fd::NAME.as_ptr());
+        }
+        if info.features.external_memory_dma_buf {
+            exts.push(ash::ext::external_memory_dma_buf::NAME.as_ptr());
+        }
+        if info.features.external_memory_host {
+            exts.push(ash::ext::external_memory_host::NAME.as_ptr());
+        }
+        let prio = [1.0f32];
+        let qci = [vk::DeviceQueueCreateInfo::default().queue_family_index(family).queue_priorities(&prio)];
+        let mut f12 = vk::PhysicalDeviceVulkan12Features::default().timeline_semaphore(true);
+        let ci = vk::DeviceCreateInfo::default().queue_create_infos(&qci).enabled_extension_names(&exts).push_next(&mut f12);
+        // SAFETY: the create info and its chain outlive the call; pd is valid.
+        let device = unsafe { instance.create_device(pd, &ci, None) }.vk("vkCreateDevice")?;
+        let host_ext = info.features.external_memory_host.then(|| ash::ext::external_memory_host::Device::new(instance, &device));
+        // SAFETY: pd is valid.
+        let mem_props = unsafe { instance.get_physical_device_memory_properties(pd) };
+        Ok((device, pd, family, info, host_ext, mem_props))
+    }
+
+    /// The capability report of the open device.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.shared.info
+    }
+
+    /// Whether each path can work on this machine with this device, and why not.
+    pub fn path_availability(&self) -> Vec<PathAvailability> {
+        PathKind::ALL
+            .into_iter()
+            .map(|k| match self.unavailable(k) {
+                None => PathAvailability { path: k, available: true, code: None, reason: None },
+                Some(u) => PathAvailability { path: k, available: false, code: Some(u.code), reason: Some(u.reason) },
+            })
+            .collect()
+    }
+
+    /// Why `kind` cannot be used at all on this machine, if it cannot.
+    pub fn unavailable(&self, kind: PathKind) -> Option<Unavailable> {
+        let f = &self.shared.info.features;
+        let name = &self.shared.info.name;
+        match kind {
+            PathKind::Direct | PathKind::Heap => {
+                if !f.external_memory_dma_buf {
+                    return Some(Unavailable::new(
+                        kind,
+                        ReasonCode::MissingExtension,
+                        format!("{name} lacks VK_EXT_external_memory_dma_buf"),
+                    ));
+                }
+                kernel_side(kind)
+            }
+            PathKind::Host => (!f.external_memory_host).then(|| {
+                Unavailable::new(kind, ReasonCode::MissingExtension, format!("{name} lacks VK_EXT_external_memory_host"))
+            }),
+            PathKind::Upload => None,
+        }
+    }
+}

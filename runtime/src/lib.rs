@@ -1,0 +1,35 @@
+//! dmafile: GPUDirect-Storage-style file access for any Vulkan GPU on Linux.
+//!
+//! The runtime makes file ranges shader-visible through one of several
+//! [paths](PathKind), chosen per request and always reported with the reason
+//! faster ones were skipped, and streams files through compute shaders with
+//! bounded memory. See docs/runtime.md.
+//!
+//! ```no_run
+//! use dmafile::{Gpu, StreamConfig, Streamer, ShaderKind};
+//! let gpu = Gpu::open_default()?;
+//! let mut s = Streamer::new(&gpu, StreamConfig { shader: ShaderKind::Crc32c, ..Default::default() })?;
+//! let report = s.run(&["data.bin"], &mut |_, _| {})?;
+//! println!("{} via {:?}", report.result.unwrap(), report.paths);
+//! # Ok::<(), dmafile::Error>(())
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod cpu;
+mod error;
+mod gpu;
+mod hostmap;
+pub mod path;
+pub mod shader;
+pub mod source;
+pub mod stream;
+
+pub use error::{Error, Result};
+pub use gpu::{choose_device, enumerate_devices, BufferOrigin, DeviceInfo, DeviceKind, Features, Gpu, MemoryType};
+pub use path::{Fallback, PathAvailability, PathChoice, PathKind, ReasonCode, Unavailable};
+pub use shader::{Accumulator, ShaderKind, ShaderResult};
+pub use source::SourceFile;
+pub use stream::{StreamConfig, StreamReport, Streamer};
+
+/// The page size dmafile aligns chunks and mappings to (x86-64, arm64 4K).
+pub const PAGE_SIZE: u64 = 4096;

@@ -1,0 +1,187 @@
+//! The ways file bytes become shader-visible, and why one may be unavailable.
+use std::fmt;
+use std::path::Path;
+
+use serde::Serialize;
+
+/// A way to make a file range shader-visible, fastest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathKind {
+    /// dmafile.ko maps the file's own pages into a dma-buf, imported with
+    /// VK_EXT_external_memory_dma_buf. Zero CPU copies.
+    Direct,
+    /// mmap of the file imported with VK_EXT_external_memory_host. Zero CPU
+    /// copies; the device reads the page cache through the host mapping.
+    Host,
+    /// A dma-buf from /dev/dma_heap/system filled from the file, then imported.
+    Heap,
+    /// Parallel pread into host-visible device memory (plus a GPU copy to
+    /// device-local memory where that is separate). Always available.
+    Upload,
+}
+
+impl PathKind {
+    /// In the order `auto` tries them.
+    pub const ALL: [PathKind; 4] = [PathKind::Direct, PathKind::Host, PathKind::Heap, PathKind::Upload];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PathKind::Direct => "direct",
+            PathKind::Host => "host",
+            PathKind::Heap => "heap",
+            PathKind::Upload => "upload",
+        }
+    }
+}
+
+impl fmt::Display for PathKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the caller asks for: one path, or the best available one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PathChoice {
+    #[default]
+    Auto,
+    Only(PathKind),
+}
+
+impl std::str::FromStr for PathChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(PathChoice::Auto);
+        }
+        PathKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .map(PathChoice::Only)
+            .ok_or_else(|| format!("unknown path `{s}` (expected auto, direct, host, heap or upload)"))
+    }
+}
+
+impl fmt::Display for PathChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathChoice::Auto => f.write_str("auto"),
+            PathChoice::Only(k) => k.fmt(f),
+        }
+    }
+}
+
+/// Why a path cannot serve a request. `code` is stable and machine-readable;
+/// `reason` is for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Unavailable {
+    pub path: PathKind,
+    pub code: ReasonCode,
+    pub reason: String,
+}
+
+/// Stable reason codes (docs/paths.md lists what each means to a user).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReasonCode {
+    /// The kernel module is not loaded (/dev/dmafile absent).
+    ModuleAbsent,
+    /// The path's runtime support is not built yet.
+    NotImplemented,
+    /// No dma-buf heap device.
+    NoDmaHeap,
+    /// The Vulkan device lacks an extension the path needs.
+    MissingExtension,
+    /// The file cannot be mapped (pseudo-file, filesystem without mmap).
+    NotMappable,
+    /// The driver refused to import the memory.
+    ImportFailed,
+    /// The device's limits do not allow this request on this path.
+    DeviceLimit,
+}
+
+impl ReasonCode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReasonCode::ModuleAbsent => "module-absent",
+            ReasonCode::NotImplemented => "not-implemented",
+            ReasonCode::NoDmaHeap => "no-dma-heap",
+            ReasonCode::MissingExtension => "missing-extension",
+            ReasonCode::NotMappable => "not-mappable",
+            ReasonCode::ImportFailed => "import-failed",
+            ReasonCode::DeviceLimit => "device-limit",
+        }
+    }
+}
+
+impl Unavailable {
+    pub fn new(path: PathKind, code: ReasonCode, reason: impl Into<String>) -> Self {
+        Unavailable { path, code, reason: reason.into() }
+    }
+}
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} [{}]", self.path, self.reason, self.code.name())
+    }
+}
+
+/// A faster path that `auto` skipped (or a path that failed mid-stream and
+/// was replaced), recorded in every report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Fallback {
+    pub from: PathKind,
+    pub to: PathKind,
+    pub code: ReasonCode,
+    pub reason: String,
+    /// The file concerned, when the fallback is specific to one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+/// Machine-wide availability of each path, before any file is looked at.
+#[derive(Clone, Debug, Serialize)]
+pub struct PathAvailability {
+    pub path: PathKind,
+    pub available: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<ReasonCode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The device node of the kernel module.
+pub const MODULE_DEVICE: &str = "/dev/dmafile";
+/// The system dma-buf heap.
+pub const SYSTEM_HEAP: &str = "/dev/dma_heap/system";
+
+/// Machine-level checks shared by `direct` and `heap` (device-level checks
+/// are added by [`crate::Gpu::path_availability`]).
+pub(crate) fn kernel_side(kind: PathKind) -> Option<Unavailable> {
+    match kind {
+        PathKind::Direct => Some(if !Path::new(MODULE_DEVICE).exists() {
+            Unavailable::new(
+                kind,
+                ReasonCode::ModuleAbsent,
+                format!("kernel module dmafile is not loaded ({MODULE_DEVICE} does not exist)"),
+            )
+        } else {
+            Unavailable::new(
+                kind,
+                ReasonCode::NotImplemented,
+                "the runtime's direct path is not built yet (issue: the direct path); the module is loaded",
+            )
+        }),
+        PathKind::Heap => Some(if !Path::new(SYSTEM_HEAP).exists() {
+            Unavailable::new(
+                kind,
+                ReasonCode::NoDmaHeap,
+                format!("no system dma-buf heap ({SYSTEM_HEAP} does not exist; kernel without CONFIG_DMABUF_HEAPS_SYSTEM)"),
+            )
+        } else {
+            Unavailable::new(kind, ReasonCode::NotImplemented, "the runtime's heap path is not built yet (issue: the heap path)")
+        }),
+        PathKind::Host | PathKind::Upload => None,
+    }
+}

@@ -1,0 +1,669 @@
+//! Streaming files through a shader in chunks, with a queue depth.
+//!
+//! `depth` slots each own a command buffer, a descriptor set, an output
+//! buffer and (for the upload path) a reusable staging buffer. Chunk n goes
+//! to slot n % depth; before a slot is reused the CPU waits on the timeline
+//! semaphore value of its last submission and folds its result. So while the
+//! device runs the shader over chunk n, the CPU already reads or maps chunks
+//! n+1 .. n+depth-1, and memory stays bounded by depth x chunk whatever the
+//! file size.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ash::vk;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::error::{Error, Result, VkResultExt};
+use crate::gpu::kernels::Kernels;
+use crate::gpu::memory::{Buffer, Placement};
+use crate::gpu::Gpu;
+use crate::hostmap::HostMapping;
+use crate::path::{Fallback, PathChoice, PathKind, ReasonCode, Unavailable};
+use crate::shader::{Accumulator, ShaderKind, ShaderResult};
+use crate::source::{Content, SourceFile};
+use crate::PAGE_SIZE;
+
+/// Default chunk size: large enough to amortise a submission, small enough
+/// for every device's storage-buffer range.
+pub const DEFAULT_CHUNK: u64 = 16 << 20;
+/// Default queue depth.
+pub const DEFAULT_DEPTH: usize = 3;
+/// Largest queue depth.
+pub const MAX_DEPTH: usize = 32;
+/// Piece size for the upload path's parallel reads.
+const READ_PIECE: usize = 1 << 20;
+
+/// How to stream.
+#[derive(Clone, Debug)]
+pub struct StreamConfig {
+    pub path: PathChoice,
+    /// Bytes per chunk: a multiple of the page size, at most the device's
+    /// [`crate::DeviceInfo::max_chunk`].
+    pub chunk: u64,
+    /// Chunks in flight (>= 1; 2 or more overlap reading and computing).
+    pub depth: usize,
+    pub shader: ShaderKind,
+    /// Refuse configurations whose buffers could exceed this many bytes.
+    pub memory_budget: Option<u64>,
+    /// Recompute the result on the CPU and compare.
+    pub verify: bool,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            path: PathChoice::Auto,
+            chunk: DEFAULT_CHUNK,
+            depth: DEFAULT_DEPTH,
+            shader: ShaderKind::Crc32c,
+            memory_budget: None,
+            verify: false,
+        }
+    }
+}
+
+/// Seconds spent in each phase of a stream.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Phases {
+    /// Opening and checking the files.
+    pub open: f64,
+    /// Pipelines, pools, buffers (first run of a `Streamer` only).
+    pub setup: f64,
+    /// Making chunks shader-visible: reads (upload) or mappings and imports (host).
+    pub fill: f64,
+    /// Recording and submitting command buffers.
+    pub submit: f64,
+    /// Waiting for the device to finish chunks.
+    pub wait: f64,
+    /// Folding per-block results.
+    pub fold: f64,
+    /// The CPU recomputation for --verify.
+    pub verify: f64,
+}
+
+/// Per-file part of a report.
+#[derive(Clone, Debug)]
+pub struct FileReport {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub paths: BTreeMap<PathKind, u64>,
+    pub result: Option<ShaderResult>,
+    pub cpu_result: Option<ShaderResult>,
+    /// Set for pseudo-files read into memory: the filesystem's name.
+    pub snapshot_of: Option<&'static str>,
+}
+
+/// What a stream did, measured.
+#[derive(Clone, Debug)]
+pub struct StreamReport {
+    pub device: String,
+    pub shader: ShaderKind,
+    pub chunk: u64,
+    pub depth: usize,
+    pub bytes: u64,
+    pub seconds: f64,
+    /// Bytes made shader-visible per path.
+    pub paths: BTreeMap<PathKind, u64>,
+    /// Bytes the CPU copied on their way to the device (pread into device
+    /// memory, copies of snapshots). Zero for the zero-copy paths.
+    pub cpu_copied_bytes: u64,
+    /// Bytes the device copied from staging to device-local memory.
+    pub gpu_copied_bytes: u64,
+    /// Most bytes in flight at once (chunks submitted, not yet finished).
+    pub peak_in_flight_bytes: u64,
+    pub fallbacks: Vec<Fallback>,
+    pub result: Option<ShaderResult>,
+    pub cpu_result: Option<ShaderResult>,
+    /// None unless verification ran; then whether every result matched.
+    pub verified: Option<bool>,
+    pub phases: Phases,
+    pub files: Vec<FileReport>,
+}
+
+struct Pending {
+    value: u64,
+    file: usize,
+    len: u64,
+}
+
+struct Slot {
+    cmd: vk::CommandBuffer,
+    set: vk::DescriptorSet,
+    out: Buffer,
+    staging: Option<Buffer>,
+    device_copy: Option<Buffer>,
+    input: Option<Buffer>,
+    pending: Option<Pending>,
+}
+
+/// Streams files through a shader; reusable for many runs.
+pub struct Streamer {
+    gpu: Gpu,
+    cfg: StreamConfig,
+    kernels: Option<Kernels>,
+    cmd_pool: vk::CommandPool,
+    desc_pool: vk::DescriptorPool,
+    timeline: vk::Semaphore,
+    slots: Vec<Slot>,
+    next_slot: usize,
+    next_value: u64,
+    setup_s: f64,
+}
+
+/// Checks a configuration against a device; the error names the setting.
+pub fn validate_config(gpu: &Gpu, cfg: &StreamConfig) -> Result<()> {
+    let info = gpu.info();
+    if cfg.chunk == 0 {
+        return Err(Error::Config("chunk size must be greater than 0".into()));
+    }
+    if cfg.chunk % PAGE_SIZE != 0 {
+        return Err(Error::Config(format!(
+            "chunk size {} is not a multiple of the page size ({PAGE_SIZE} bytes)",
+            cfg.chunk
+        )));
+    }
+    let max = info.max_chunk();
+    if cfg.chunk > max {
+        return Err(Error::Config(format!(
+            "chunk size {} exceeds what {} can bind at once: {} bytes (maxStorageBufferRange {}, maxMemoryAllocationSize {})",
+            cfg.chunk, info.name, max, info.max_storage_buffer_range, info.max_memory_allocation_size
+        )));
+    }
+    if cfg.depth == 0 || cfg.depth > MAX_DEPTH {
+        return Err(Error::Config(format!("queue depth {} is out of range 1..={MAX_DEPTH}", cfg.depth)));
+    }
+    if let Some(budget) = cfg.memory_budget {
+        let need = memory_need(gpu, cfg);
+        if need > budget {
+            return Err(Error::Config(format!(
+                "chunk {} x depth {} needs up to {need} bytes of buffers, over the memory budget of {budget} bytes",
+                cfg.chunk, cfg.depth
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Upper bound of the bytes a stream holds in buffers and mappings.
+pub fn memory_need(gpu: &Gpu, cfg: &StreamConfig) -> u64 {
+    let copies = if gpu.info().host_visible_device_local { 1 } else { 2 };
+    cfg.depth as u64 * (cfg.chunk * copies + cfg.shader.output_bytes(cfg.chunk))
+}
+
+impl Streamer {
+    pub fn new(gpu: &Gpu, cfg: StreamConfig) -> Result<Streamer> {
+        validate_config(gpu, &cfg)?;
+        let t = Instant::now();
+        let dev = &gpu.shared;
+        let d = &dev.device;
+        let mut s = Streamer {
+            gpu: gpu.clone(),
+            cfg,
+            kernels: None,
+            cmd_pool: vk::CommandPool::null(),
+            desc_pool: vk::DescriptorPool::null(),
+            timeline: vk::Semaphore::null(),
+            slots: Vec::new(),
+            next_slot: 0,
+            next_value: 0,
+            setup_s: 0.0,
+        };
+        let kernels = Kernels::new(dev)?;
+        let pci = vk::CommandPoolCreateInfo::default()
+            .queue_family_index(dev.queue_family)
+            .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER);
+        // SAFETY: valid create infos; every object is destroyed in Drop.
+        s.cmd_pool = unsafe { d.create_command_pool(&pci, None) }.vk("vkCreateCommandPool")?;
+        let depth = s.cfg.depth as u32;
+        let sizes = [vk::DescriptorPoolSize::default().ty(vk::DescriptorType::STORAGE_BUFFER).descriptor_count(3 * depth)];
+        let dci = vk::DescriptorPoolCreateInfo::default().max_sets(depth).pool_sizes(&sizes);
+        // SAFETY: as above.
+        s.desc_pool = unsafe { d.create_descriptor_pool(&dci, None) }.vk("vkCreateDescriptorPool")?;
+        let mut tci = vk::SemaphoreTypeCreateInfo::default().semaphore_type(vk::SemaphoreType::TIMELINE).initial_value(0);
+        let sci = vk::SemaphoreCreateInfo::default().push_next(&mut tci);
+        // SAFETY: as above.
+        s.timeline = unsafe { d.create_semaphore(&sci, None) }.vk("vkCreateSemaphore (timeline)")?;
+        let cai = vk::CommandBufferAllocateInfo::default().command_pool(s.cmd_pool).level(vk::CommandBufferLevel::PRIMARY).command_buffer_count(depth);
+        // SAFETY: pool is valid; buffers are freed with the pool.
+        let cmds = unsafe { d.allocate_command_buffers(&cai) }.vk("vkAllocateCommandBuffers")?;
+        let layouts = vec![kernels.set_layout; depth as usize];
+        let dai = vk::DescriptorSetAllocateInfo::default().descriptor_pool(s.desc_pool).set_layouts(&layouts);
+        // SAFETY: pool sized for `depth` sets; freed with the pool.
+        let sets = unsafe { d.allocate_descriptor_sets(&dai) }.vk("vkAllocateDescriptorSets")?;
+        let out_bytes = s.cfg.shader.output_bytes(s.cfg.chunk);
+        for (cmd, set) in cmds.into_iter().zip(sets) {
+            let out = Buffer::allocate(dev, out_bytes, Placement::Readback)?;
+            s.slots.push(Slot { cmd, set, out, staging: None, device_copy: None, input: None, pending: None });
+        }
+        s.kernels = Some(kernels);
+        s.setup_s = t.elapsed().as_secs_f64();
+        Ok(s)
+    }
+
+    pub fn config(&self) -> &StreamConfig {
+        &self.cfg
+    }
+
+    /// Streams `paths` in order (as one stream: `result` is over their
+    /// concatenation, see docs/cli.md) and reports.
+    pub fn run(&mut self, paths: &[impl AsRef<Path>], progress: &mut dyn FnMut(u64, u64)) -> Result<StreamReport> {
+        let t0 = Instant::now();
+        let mut files = Vec::with_capacity(paths.len());
+        for p in paths {
+            files.push(SourceFile::open(p)?);
+        }
+        let open_s = t0.elapsed().as_secs_f64();
+        let r = self.run_files(&files, progress);
+        if r.is_err() {
+            self.abort();
+        }
+        let mut report = r?;
+        report.phases.open = open_s;
+        report.seconds = t0.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    /// Waits for everything in flight and forgets it (after an error).
+    fn abort(&mut self) {
+        self.wait_idle();
+        for s in &mut self.slots {
+            s.pending = None;
+            s.input = None;
+        }
+    }
+
+    fn wait_idle(&self) {
+        if let Ok(_q) = self.gpu.shared.queue.lock() {
+            // SAFETY: the queue lock is held, so no submission races this.
+            unsafe {
+                let _ = self.gpu.shared.device.device_wait_idle();
+            }
+        }
+    }
+
+    /// Picks the path for one file, recording what `auto` skipped.
+    fn choose(&self, f: &SourceFile, fallbacks: &mut Vec<Fallback>) -> Result<PathKind> {
+        let file_reason = |k: PathKind| -> Option<Unavailable> {
+            if k == PathKind::Host {
+                if let Some(r) = f.unmappable_reason() {
+                    return Some(Unavailable::new(k, ReasonCode::NotMappable, r));
+                }
+            }
+            None
+        };
+        match self.cfg.path {
+            PathChoice::Only(k) => {
+                if let Some(u) = self.gpu.unavailable(k).or_else(|| file_reason(k)) {
+                    return Err(u.into());
+                }
+                Ok(k)
+            }
+            PathChoice::Auto => {
+                let mut skipped = vec![];
+                for k in PathKind::ALL {
+                    if let Some(u) = self.gpu.unavailable(k) {
+                        skipped.push((u, false));
+                    } else if let Some(u) = file_reason(k) {
+                        skipped.push((u, true));
+                    } else {
+                        for (u, per_file) in skipped {
+                            let fb = Fallback {
+                                from: u.path,
+                                to: k,
+                                code: u.code,
+                                reason: u.reason,
+                                file: per_file.then(|| f.path().display().to_string()),
+                            };
+                            if !fallbacks.contains(&fb) {
+                                fallbacks.push(fb);
+                            }
+                        }
+                        return Ok(k);
+                    }
+                }
+                // Upload is always available, so this is unreachable in practice.
+                Err(Error::Config("no path can stream this file".into()))
+            }
+        }
+    }
+
+    fn run_files(&mut self, files: &[SourceFile], progress: &mut dyn FnMut(u64, u64)) -> Result<StreamReport> {
+        let info = self.gpu.info().clone();
+        let shader = self.cfg.shader;
+        let chunk = self.cfg.chunk;
+        let total: u64 = files.iter().map(|f| f.len()).sum();
+        let mut st = RunState {
+            accs: files.iter().map(|_| Accumulator::new(shader)).collect(),
+            file_paths: files.iter().map(|_| BTreeMap::new()).collect(),
+            phases: Phases { setup: std::mem::take(&mut self.setup_s), ..Phases::default() },
+            fallbacks: vec![],
+            cpu_copied: 0,
+            gpu_copied: 0,
+            in_flight: 0,
+            peak_in_flight: 0,
+            done: 0,
+        };
+        for (fi, f) in files.iter().enumerate() {
+            let mut path = self.choose(f, &mut st.fallbacks)?;
+            let len = f.len();
+            let mut off = 0;
+            while off < len {
+                let n = chunk.min(len - off);
+                let s = self.next_slot;
+                self.next_slot = (s + 1) % self.slots.len();
+                self.complete(s, files, &mut st)?;
+                let t = Instant::now();
+                match self.fill(s, f, off, n, path, &mut st) {
+                    Ok(()) => {}
+                    Err(e) if self.cfg.path == PathChoice::Auto && path == PathKind::Host && !matches!(e, Error::FileChanged { .. }) => {
+                        let code = if matches!(e, Error::Io { .. }) { ReasonCode::NotMappable } else { ReasonCode::ImportFailed };
+                        st.fallbacks.push(Fallback {
+                            from: PathKind::Host,
+                            to: PathKind::Upload,
+                            code,
+                            reason: e.to_string(),
+                            file: Some(f.path().display().to_string()),
+                        });
+                        path = PathKind::Upload;
+                        self.fill(s, f, off, n, path, &mut st)?;
+                    }
+                    Err(e) => return Err(e),
+                }
+                st.phases.fill += t.elapsed().as_secs_f64();
+                *st.file_paths[fi].entry(path).or_insert(0) += n;
+                let t = Instant::now();
+                self.submit(s, fi, n, &mut st)?;
+                st.phases.submit += t.elapsed().as_secs_f64();
+                off += n;
+                progress(st.done + st.in_flight, total);
+            }
+        }
+        for _ in 0..self.slots.len() {
+            let s = self.next_slot;
+            self.next_slot = (s + 1) % self.slots.len();
+            self.complete(s, files, &mut st)?;
+        }
+        for f in files {
+            f.check_unchanged()?;
+        }
+        progress(total, total);
+
+        let mut whole = Accumulator::new(shader);
+        for a in &st.accs {
+            whole.append(a);
+        }
+        let mut paths = BTreeMap::new();
+        for fp in &st.file_paths {
+            for (k, v) in fp {
+                *paths.entry(*k).or_insert(0) += v;
+            }
+        }
+        let mut report = StreamReport {
+            device: info.name.clone(),
+            shader,
+            chunk,
+            depth: self.cfg.depth,
+            bytes: total,
+            seconds: 0.0,
+            paths,
+            cpu_copied_bytes: st.cpu_copied,
+            gpu_copied_bytes: st.gpu_copied,
+            peak_in_flight_bytes: st.peak_in_flight,
+            fallbacks: st.fallbacks,
+            result: whole.result(),
+            cpu_result: None,
+            verified: None,
+            phases: st.phases,
+            files: files
+                .iter()
+                .zip(&st.accs)
+                .zip(st.file_paths)
+                .map(|((f, a), p)| FileReport {
+                    path: f.path().to_path_buf(),
+                    bytes: f.len(),
+                    paths: p,
+                    result: a.result(),
+                    cpu_result: None,
+                    snapshot_of: match f.content() {
+                        Content::Snapshot { fs, .. } => Some(fs),
+                        Content::File => None,
+                    },
+                })
+                .collect(),
+        };
+        if self.cfg.verify && shader != ShaderKind::None {
+            let t = Instant::now();
+            let mut whole = Accumulator::new(shader);
+            let mut ok = true;
+            for (f, fr) in files.iter().zip(report.files.iter_mut()) {
+                let a = cpu_reference(f, shader)?;
+                fr.cpu_result = a.result();
+                ok &= fr.cpu_result == fr.result;
+                whole.append(&a);
+            }
+            report.cpu_result = whole.result();
+            ok &= report.cpu_result == report.result;
+            report.verified = Some(ok);
+            report.phases.verify = t.elapsed().as_secs_f64();
+        }
+        Ok(report)
+    }
+
+    /// Makes `n` bytes of `f` at `off` shader-visible in slot `s`.
+    fn fill(&mut self, s: usize, f: &SourceFile, off: u64, n: u64, path: PathKind, st: &mut RunState) -> Result<()> {
+        let dev = self.gpu.shared.clone();
+        let chunk = self.cfg.chunk;
+        let slot = &mut self.slots[s];
+        match path {
+            PathKind::Upload => {
+                if slot.staging.is_none() {
+                    slot.staging = Some(Buffer::allocate(&dev, chunk, Placement::Upload)?);
+                }
+                let staging = slot.staging.as_mut().expect("allocated above");
+                let bytes = staging.host_bytes_mut().ok_or_else(|| Error::DeviceUnsuitable {
+                    device: dev.info.name.clone(),
+                    what: "upload memory is not host-visible".into(),
+                })?;
+                let dst = &mut bytes[..n as usize];
+                dst.par_chunks_mut(READ_PIECE)
+                    .enumerate()
+                    .try_for_each(|(i, piece)| f.read_exact_at(piece, off + (i * READ_PIECE) as u64))?;
+                let padded = (n as usize).next_multiple_of(4);
+                bytes[n as usize..padded].fill(0);
+                st.cpu_copied += n;
+                if !dev.info.host_visible_device_local && slot.device_copy.is_none() {
+                    slot.device_copy = Some(Buffer::allocate(&dev, chunk, Placement::Device)?);
+                }
+                Ok(())
+            }
+            PathKind::Host => {
+                let align = dev.info.min_imported_host_pointer_alignment;
+                let map = HostMapping::map(f.fd(), off, n, align).map_err(|e| Error::io(f.path(), "cannot mmap", e))?;
+                slot.input = Some(Buffer::import_host(&dev, map)?);
+                Ok(())
+            }
+            PathKind::Direct | PathKind::Heap => Err(self.gpu.unavailable(path).map(Error::from).unwrap_or_else(|| {
+                Error::Config(format!("path {path} has no implementation"))
+            })),
+        }
+    }
+
+    fn submit(&mut self, s: usize, file: usize, n: u64, st: &mut RunState) -> Result<()> {
+        let dev = self.gpu.shared.clone();
+        let d = &dev.device;
+        let kernels = self.kernels.as_ref().expect("kernels live as long as the streamer");
+        let shader = self.cfg.shader;
+        let slot = &mut self.slots[s];
+        let padded = n.next_multiple_of(4);
+        let cmd = slot.cmd;
+        let barrier = |src: vk::AccessFlags, dst: vk::AccessFlags, from: vk::PipelineStageFlags, to: vk::PipelineStageFlags| {
+            let mb = [vk::MemoryBarrier::default().src_access_mask(src).dst_access_mask(dst)];
+            // SAFETY: recording into a command buffer in the recording state.
+            unsafe { d.cmd_pipeline_barrier(cmd, from, to, vk::DependencyFlags::empty(), &mb, &[], &[]) };
+        };
+        // SAFETY: the slot is idle (complete() waited for its last use), so
+        // its command buffer and descriptor set may be reset and rewritten.
+        unsafe {
+            d.reset_command_buffer(cmd, vk::CommandBufferResetFlags::empty()).vk("vkResetCommandBuffer")?;
+            let bi = vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
+            d.begin_command_buffer(cmd, &bi).vk("vkBeginCommandBuffer")?;
+        }
+        let input = if let Some(b) = &slot.input {
+            b.buffer
+        } else {
+            let staging = slot.staging.as_ref().expect("upload fill allocates staging");
+            if let Some(dc) = &slot.device_copy {
+                let region = [vk::BufferCopy::default().size(padded)];
+                // SAFETY: both buffers hold at least `padded` bytes.
+                unsafe { d.cmd_copy_buffer(cmd, staging.buffer, dc.buffer, &region) };
+                barrier(vk::AccessFlags::TRANSFER_WRITE, vk::AccessFlags::SHADER_READ, vk::PipelineStageFlags::TRANSFER, vk::PipelineStageFlags::COMPUTE_SHADER);
+                st.gpu_copied += padded;
+                dc.buffer
+            } else {
+                staging.buffer
+            }
+        };
+        if let Some(pipeline) = kernels.pipeline(shader) {
+            let out_bytes = shader.output_bytes(n);
+            let infos = [
+                vk::DescriptorBufferInfo::default().buffer(input).offset(0).range(padded),
+                vk::DescriptorBufferInfo::default().buffer(slot.out.buffer).offset(0).range(out_bytes),
+                vk::DescriptorBufferInfo::default().buffer(kernels.tables.buffer).offset(0).range(4096),
+            ];
+            let writes: Vec<_> = (0..3)
+                .map(|i| {
+                    vk::WriteDescriptorSet::default()
+                        .dst_set(slot.set)
+                        .dst_binding(i as u32)
+                        .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                        .buffer_info(std::slice::from_ref(&infos[i]))
+                })
+                .collect();
+            // SAFETY: the set is not in use by any pending command buffer.
+            unsafe { d.update_descriptor_sets(&writes, &[]) };
+            if shader == ShaderKind::Histogram {
+                // SAFETY: recording; the output buffer holds 1 KiB.
+                unsafe { d.cmd_fill_buffer(cmd, slot.out.buffer, 0, 1024, 0) };
+                barrier(vk::AccessFlags::TRANSFER_WRITE, vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE, vk::PipelineStageFlags::TRANSFER, vk::PipelineStageFlags::COMPUTE_SHADER);
+            }
+            // SAFETY: recording with a pipeline and set of the same layout.
+            unsafe {
+                d.cmd_bind_pipeline(cmd, vk::PipelineBindPoint::COMPUTE, pipeline);
+                d.cmd_bind_descriptor_sets(cmd, vk::PipelineBindPoint::COMPUTE, kernels.layout, 0, &[slot.set], &[]);
+                d.cmd_push_constants(cmd, kernels.layout, vk::ShaderStageFlags::COMPUTE, 0, &(n as u32).to_ne_bytes());
+                d.cmd_dispatch(cmd, Kernels::groups(n), 1, 1);
+            }
+            barrier(vk::AccessFlags::SHADER_WRITE, vk::AccessFlags::HOST_READ, vk::PipelineStageFlags::COMPUTE_SHADER, vk::PipelineStageFlags::HOST);
+        }
+        self.next_value += 1;
+        let value = self.next_value;
+        let signal = [value];
+        let sems = [self.timeline];
+        let cmds = [cmd];
+        let mut tsi = vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&signal);
+        let si = [vk::SubmitInfo::default().command_buffers(&cmds).signal_semaphores(&sems).push_next(&mut tsi)];
+        {
+            let q = dev.queue.lock().map_err(|_| Error::NoVulkan("queue lock poisoned".into()))?;
+            // SAFETY: recorded command buffer; queue access serialised by the lock.
+            unsafe {
+                d.end_command_buffer(cmd).vk("vkEndCommandBuffer")?;
+                d.queue_submit(*q, &si, vk::Fence::null()).vk("vkQueueSubmit")?;
+            }
+        }
+        slot.pending = Some(Pending { value, file, len: n });
+        st.in_flight += n;
+        st.peak_in_flight = st.peak_in_flight.max(st.in_flight);
+        Ok(())
+    }
+
+    /// Waits for slot `s`'s last chunk, folds its result and frees its input.
+    fn complete(&mut self, s: usize, files: &[SourceFile], st: &mut RunState) -> Result<()> {
+        let Some(p) = self.slots[s].pending.take() else { return Ok(()) };
+        let d = &self.gpu.shared.device;
+        let t = Instant::now();
+        let sems = [self.timeline];
+        let vals = [p.value];
+        let wi = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&vals);
+        loop {
+            // SAFETY: waiting on our own timeline semaphore.
+            match unsafe { d.wait_semaphores(&wi, Duration::from_secs(1).as_nanos() as u64) } {
+                Ok(()) => break,
+                Err(vk::Result::TIMEOUT) => continue,
+                Err(e) => return Err(Error::Vulkan { call: "vkWaitSemaphores", result: e }),
+            }
+        }
+        st.phases.wait += t.elapsed().as_secs_f64();
+        st.in_flight -= p.len;
+        st.done += p.len;
+        let slot = &mut self.slots[s];
+        let f = &files[p.file];
+        if let Some(input) = slot.input.take() {
+            if input.host_mapping().is_some_and(|m| m.lost_pages()) {
+                return Err(Error::FileChanged {
+                    path: f.path().to_path_buf(),
+                    what: "truncated while mapped: pages of the mapping vanished".into(),
+                });
+            }
+        }
+        let t = Instant::now();
+        let shader = self.cfg.shader;
+        let words = (shader.output_bytes(p.len) / 4) as usize;
+        let out = slot.out.host_words(words).ok_or_else(|| Error::DeviceUnsuitable {
+            device: self.gpu.info().name.clone(),
+            what: "readback memory is not host-visible".into(),
+        })?;
+        st.accs[p.file].fold_gpu(p.len, out);
+        st.phases.fold += t.elapsed().as_secs_f64();
+        f.check_unchanged()
+    }
+}
+
+struct RunState {
+    accs: Vec<Accumulator>,
+    file_paths: Vec<BTreeMap<PathKind, u64>>,
+    phases: Phases,
+    fallbacks: Vec<Fallback>,
+    cpu_copied: u64,
+    gpu_copied: u64,
+    in_flight: u64,
+    peak_in_flight: u64,
+    done: u64,
+}
+
+/// The shader's result for one file, computed on the CPU from a fresh read
+/// (or the snapshot for pseudo-files).
+pub fn cpu_reference(f: &SourceFile, shader: ShaderKind) -> Result<Accumulator> {
+    let mut acc = Accumulator::new(shader);
+    match f.content() {
+        Content::Snapshot { data, .. } => acc.update_cpu(data),
+        Content::File => {
+            let mut buf = vec![0u8; 8 << 20];
+            let mut off = 0;
+            while off < f.len() {
+                let n = (f.len() - off).min(buf.len() as u64) as usize;
+                f.read_exact_at(&mut buf[..n], off)?;
+                acc.update_cpu(&buf[..n]);
+                off += n as u64;
+            }
+            f.check_unchanged()?;
+        }
+    }
+    Ok(acc)
+}
+
+impl Drop for Streamer {
+    fn drop(&mut self) {
+        self.wait_idle();
+        self.slots.clear();
+        self.kernels = None;
+        let d = &self.gpu.shared.device;
+        // SAFETY: the device is idle and nothing refers to these any more.
+        unsafe {
+            d.destroy_semaphore(self.timeline, None);
+            d.destroy_descriptor_pool(self.desc_pool, None);
+            d.destroy_command_pool(self.cmd_pool, None);
+        }
+    }
+}

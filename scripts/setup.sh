@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Installs everything dmafile's build, demo and tests need on Debian 12 (bookworm).
+# Idempotent: a second run only checks. Run as root (CI and the dev machines are).
+#   scripts/setup.sh host    - Vulkan (Mesa >= 25 lavapipe), shader tools, Python checks
+#   scripts/setup.sh guest   - plus the guest kernel toolchain (qemu, virtme-ng, 6.12 kernel)
+set -euo pipefail
+what=${1:-host}
+here=$(cd "$(dirname "$0")/.." && pwd)
+stamp_dir=${DMAFILE_CACHE:-$here/.cache}/stamps
+mkdir -p "$stamp_dir"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_ready=0
+apt_update() {
+    if [ "$apt_ready" = 0 ]; then
+        as_root apt-get update -qq
+        apt_ready=1
+    fi
+}
+
+ensure_backports() {
+    if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        log "adding bookworm-backports to apt sources"
+        cat <<'SRC' | as_root tee /etc/apt/sources.list.d/dmafile-backports.sources >/dev/null
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+        apt_ready=0
+    fi
+}
+
+# pkg_missing PKG... : prints the packages that are not installed
+pkg_missing() {
+    local p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || echo "$p"
+    done
+}
+
+apt_install() { # [-t suite] pkgs...
+    local suite=()
+    if [ "$1" = -t ]; then suite=(-t "$2"); shift 2; fi
+    local missing
+    missing=$(pkg_missing "$@")
+    [ -z "$missing" ] && return 0
+    apt_update
+    log "apt-get install ${suite[*]} $missing"
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${suite[@]}" $missing >/dev/null
+}
+
+mesa_major() {
+    dpkg-query -W -f='${Version}' mesa-vulkan-drivers 2>/dev/null | sed -E 's/^([0-9]+:)?([0-9]+)\..*/\2/'
+}
+
+setup_host() {
+    ensure_backports
+    apt_install ca-certificates pkg-config python3 python3-pip python3-venv
+    apt_install glslang-tools spirv-tools libvulkan1 libvulkan-dev vulkan-tools
+    local major
+    major=$(mesa_major || true)
+    if [ -z "$major" ] || [ "$major" -lt 25 ]; then
+        apt_update
+        log "installing Mesa lavapipe from bookworm-backports (have: ${major:-none})"
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+            -t bookworm-backports mesa-vulkan-drivers libgl1-mesa-dri >/dev/null
+    fi
+    major=$(mesa_major)
+    [ "$major" -ge 25 ] || { log "Mesa $major installed, need >= 25"; exit 1; }
+    # Independent CRC-32C implementation used by the tests to check ours.
+    local venv=${DMAFILE_CACHE:-$here/.cache}/venv
+    if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import crc32c' 2>/dev/null; then
+        log "creating Python venv with crc32c in $venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q crc32c
+    fi
+}
+
+setup_guest() {
+    setup_host
+    apt_install busybox-static kmod e2fsprogs xfsprogs btrfs-progs util-linux ndctl \
+        sparse bc flex bison libelf-dev libssl-dev cpio xz-utils
+    apt_install -t bookworm-backports qemu-system-x86
+    local venv=${DMAFILE_CACHE:-$here/.cache}/venv
+    if ! [ -x "$venv/bin/vng" ]; then
+        log "installing virtme-ng into $venv"
+        "$venv/bin/pip" install -q virtme-ng
+    fi
+}
+
+case "$what" in
+host) setup_host ;;
+guest) setup_guest ;;
+*) log "usage: $0 host|guest"; exit 2 ;;
+esac
+log "$what environment ready"
