@@ -1,1 +1,165 @@
-fn main() {}
+//! `dmafile`: inspect the machine, stream files through GPU shaders, benchmark paths.
+//!
+//! Exit codes: 0 success; 1 a `--verify` mismatch; 2 an error (bad input,
+//! unavailable path, device failure). Output formats are in docs/cli.md.
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use dmafile::{Gpu, PathChoice, ShaderKind, StreamConfig, Streamer};
+
+mod bench;
+mod info;
+mod report;
+mod size;
+
+#[derive(Parser)]
+#[command(name = "dmafile", version, about = "File bytes into GPU shaders, zero-copy where the machine allows, and always saying how")]
+struct Opts {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Vulkan devices, the extensions that matter, and which paths work here (and why not).
+    Info {
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream files through a shader in chunks and print a summary.
+    Stream(StreamOpts),
+    /// Time each available path against memcpy and pread of the same bytes.
+    Bench(bench::BenchOpts),
+}
+
+#[derive(Args)]
+struct StreamOpts {
+    /// Files to stream, in order (one stream: the result covers their concatenation).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// auto, direct, host, heap or upload.
+    #[arg(long, default_value = "auto", value_parser = parse_path_choice)]
+    path: PathChoice,
+    /// Bytes per chunk (units: K, M, G); a multiple of 4 KiB within the device's limit.
+    #[arg(long, default_value = "16M", value_parser = size::parse_size)]
+    chunk: u64,
+    /// Chunks in flight (reading chunk n+1 overlaps the shader on chunk n).
+    #[arg(long, default_value_t = dmafile::stream::DEFAULT_DEPTH)]
+    depth: usize,
+    /// crc32c, sum64, histogram or none.
+    #[arg(long, default_value = "crc32c", value_parser = parse_shader)]
+    shader: ShaderKind,
+    /// Refuse a chunk/depth whose buffers could exceed this many bytes.
+    #[arg(long, value_parser = size::parse_size)]
+    memory_budget: Option<u64>,
+    /// Recompute on the CPU; exit 1 on a mismatch.
+    #[arg(long)]
+    verify: bool,
+    /// One JSON object on stdout (docs/cli.md).
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_path_choice(s: &str) -> Result<PathChoice, String> {
+    s.parse()
+}
+
+fn parse_shader(s: &str) -> Result<ShaderKind, String> {
+    s.parse()
+}
+
+/// An error the CLI prints, with its exit code.
+pub struct CliError {
+    pub msg: String,
+    pub code: u8,
+}
+
+impl From<dmafile::Error> for CliError {
+    fn from(e: dmafile::Error) -> Self {
+        CliError { msg: e.to_string(), code: 2 }
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> Self {
+        CliError { msg: e.to_string(), code: 2 }
+    }
+}
+
+/// Writes to stdout, treating a closed pipe as success (like ripgrep).
+pub fn out(s: &str) -> Result<(), CliError> {
+    let mut o = std::io::stdout().lock();
+    match o.write_all(s.as_bytes()).and_then(|_| o.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+pub fn progress_bar(total: u64, label: &str) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() || std::env::var_os("DMAFILE_NO_PROGRESS").is_some() {
+        return None;
+    }
+    let pb = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
+    let style = indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    pb.set_style(style);
+    pb.set_message(label.to_string());
+    Some(pb)
+}
+
+fn stream(o: StreamOpts) -> Result<ExitCode, CliError> {
+    let gpu = Gpu::open_default()?;
+    let cfg = StreamConfig {
+        path: o.path,
+        chunk: o.chunk,
+        depth: o.depth,
+        shader: o.shader,
+        memory_budget: o.memory_budget,
+        verify: o.verify,
+    };
+    let mut s = Streamer::new(&gpu, cfg).map_err(|e| match e {
+        dmafile::Error::Config { setting, msg } => {
+            CliError { msg: format!("invalid --{}: {msg}", setting.replace('_', "-")), code: 2 }
+        }
+        e => e.into(),
+    })?;
+    let mut pb: Option<indicatif::ProgressBar> = None;
+    let label = if o.files.len() == 1 { o.files[0].display().to_string() } else { format!("{} files", o.files.len()) };
+    let rep = s.run(&o.files, &mut |done, total| {
+        let bar = pb.get_or_insert_with(|| progress_bar(total, &label).unwrap_or_else(indicatif::ProgressBar::hidden));
+        bar.set_position(done);
+    })?;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    if o.json {
+        out(&format!("{}\n", report::stream_json(&rep)))?;
+    } else {
+        out(&report::stream_human(&rep))?;
+    }
+    if rep.verified == Some(false) {
+        eprintln!("dmafile: verification FAILED: the GPU result differs from the CPU's");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let opts = Opts::parse();
+    let r = match opts.cmd {
+        Cmd::Info { json } => info::run(json),
+        Cmd::Stream(o) => stream(o),
+        Cmd::Bench(o) => bench::run(o),
+    };
+    match r {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dmafile: error: {}", e.msg);
+            ExitCode::from(e.code)
+        }
+    }
+}

@@ -24,9 +24,10 @@ pub enum Error {
     /// whatever was computed does not describe one version of the file.
     #[error("{}: file changed while streaming: {what}", path.display())]
     FileChanged { path: PathBuf, what: String },
-    /// A configuration value is out of range (chunk size, depth, budget).
-    #[error("{0}")]
-    Config(String),
+    /// A configuration value is out of range; `setting` names it
+    /// (`chunk`, `depth`, `memory_budget`, ...).
+    #[error("{setting}: {msg}")]
+    Config { setting: &'static str, msg: String },
     /// The requested path cannot be used for this request.
     #[error("path `{}` is unavailable: {}", .0.path, .0.reason)]
     PathUnavailable(Unavailable),
@@ -60,7 +61,7 @@ impl Error {
     /// True when the error is about the user's input or configuration rather
     /// than the machine (the CLI maps these to its usage exit code).
     pub fn is_input_error(&self) -> bool {
-        matches!(self, Error::Io { .. } | Error::BadInput { .. } | Error::Config(_) | Error::PathUnavailable(_))
+        matches!(self, Error::Io { .. } | Error::BadInput { .. } | Error::Config { .. } | Error::PathUnavailable(_))
     }
 }
 

@@ -269,3 +269,100 @@ mod tests {
         f
     }
 }
+
+const LEASE_SLOTS: usize = 256;
+/// fcntl(2) F_SETSIG (Linux; not exported by the libc crate).
+const F_SETSIG: libc::c_int = 10;
+static LEASE_FD: [AtomicUsize; LEASE_SLOTS] = [const { AtomicUsize::new(0) }; LEASE_SLOTS];
+static LEASE_BROKEN: [AtomicBool; LEASE_SLOTS] = [const { AtomicBool::new(false) }; LEASE_SLOTS];
+static LEASE_SIGNAL: OnceLock<libc::c_int> = OnceLock::new();
+
+extern "C" fn on_lease_break(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut c_void) {
+    // SAFETY: SA_SIGINFO handler; for F_SETSIG signals the kernel fills si_fd
+    // (glibc's siginfo_t has it right after si_band in the _sigpoll member).
+    let fd = unsafe {
+        let p = info as *const u8;
+        // si_signo, si_errno, si_code (3 x int), pad to 8, then si_band (long), si_fd (int).
+        *(p.add(16 + std::mem::size_of::<libc::c_long>()) as *const libc::c_int)
+    };
+    for (i, f) in LEASE_FD.iter().enumerate() {
+        if f.load(Ordering::Acquire) == fd as usize + 1 {
+            LEASE_BROKEN[i].store(true, Ordering::Release);
+        }
+    }
+}
+
+fn lease_signal() -> libc::c_int {
+    *LEASE_SIGNAL.get_or_init(|| {
+        let sig = libc::SIGRTMIN() + 3;
+        // SAFETY: installing a handler that only touches atomics.
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = on_lease_break as *const () as usize;
+            act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(sig, &act, std::ptr::null_mut());
+        }
+        sig
+    })
+}
+
+/// A read lease on an open file (fcntl F_SETLEASE, F_RDLCK) for as long as
+/// the host path maps it.
+///
+/// Why: a file truncated under a mapping makes reads past its new end raise
+/// SIGBUS, and on CPU devices (lavapipe) those reads happen in driver threads
+/// that block every signal, so the kernel would kill the process. While we
+/// hold the lease, any other open for writing and any truncate(2) first
+/// *waits* (up to /proc/sys/fs/lease-break-time) and we are told; the stream
+/// then stops, waits for the device, unmaps, releases the lease, and reports
+/// the file as changed. Only then does the writer proceed.
+///
+/// The kernel grants a read lease only to the file's owner (or CAP_LEASE),
+/// only when nobody has it open for writing, and only on filesystems that
+/// support leases; otherwise the host path is not used for that file.
+pub(crate) struct ReadLease {
+    fd: libc::c_int,
+    slot: usize,
+}
+
+impl ReadLease {
+    pub fn take(fd: BorrowedFd<'_>) -> std::io::Result<ReadLease> {
+        let sig = lease_signal();
+        let raw = fd.as_raw_fd();
+        let slot = LEASE_FD
+            .iter()
+            .position(|f| f.compare_exchange(0, raw as usize + 1, Ordering::AcqRel, Ordering::Acquire).is_ok())
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::OutOfMemory, "too many leases"))?;
+        LEASE_BROKEN[slot].store(false, Ordering::Release);
+        // SAFETY: fcntl on a descriptor we borrow; F_SETSIG/F_SETOWN route the
+        // break notice to our handler with si_fd set.
+        let r = unsafe {
+            if libc::fcntl(raw, F_SETSIG, sig) < 0 || libc::fcntl(raw, libc::F_SETOWN, libc::getpid()) < 0 {
+                -1
+            } else {
+                libc::fcntl(raw, libc::F_SETLEASE, libc::F_RDLCK)
+            }
+        };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            LEASE_FD[slot].store(0, Ordering::Release);
+            return Err(e);
+        }
+        Ok(ReadLease { fd: raw, slot })
+    }
+
+    /// True once another opener or truncate asked for the lease back.
+    pub fn broken(&self) -> bool {
+        LEASE_BROKEN[self.slot].load(Ordering::Acquire)
+    }
+}
+
+impl Drop for ReadLease {
+    fn drop(&mut self) {
+        // SAFETY: releasing the lease we took on this descriptor, which the
+        // owner keeps open for at least as long as the lease.
+        unsafe { libc::fcntl(self.fd, libc::F_SETLEASE, libc::F_UNLCK) };
+        LEASE_FD[self.slot].store(0, Ordering::Release);
+    }
+}

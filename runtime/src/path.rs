@@ -95,6 +95,9 @@ pub enum ReasonCode {
     MissingExtension,
     /// The file cannot be mapped (pseudo-file, filesystem without mmap).
     NotMappable,
+    /// The host path could not lease the file (open for writing elsewhere,
+    /// not the owner, filesystem without leases).
+    NoLease,
     /// The driver refused to import the memory.
     ImportFailed,
     /// The device's limits do not allow this request on this path.
@@ -109,6 +112,7 @@ impl ReasonCode {
             ReasonCode::NoDmaHeap => "no-dma-heap",
             ReasonCode::MissingExtension => "missing-extension",
             ReasonCode::NotMappable => "not-mappable",
+            ReasonCode::NoLease => "no-lease",
             ReasonCode::ImportFailed => "import-failed",
             ReasonCode::DeviceLimit => "device-limit",
         }

@@ -19,7 +19,7 @@ use crate::error::{Error, Result, VkResultExt};
 use crate::gpu::kernels::Kernels;
 use crate::gpu::memory::{Buffer, Placement};
 use crate::gpu::Gpu;
-use crate::hostmap::HostMapping;
+use crate::hostmap::{HostMapping, ReadLease};
 use crate::path::{Fallback, PathChoice, PathKind, ReasonCode, Unavailable};
 use crate::shader::{Accumulator, ShaderKind, ShaderResult};
 use crate::source::{Content, SourceFile};
@@ -156,31 +156,37 @@ pub struct Streamer {
 pub fn validate_config(gpu: &Gpu, cfg: &StreamConfig) -> Result<()> {
     let info = gpu.info();
     if cfg.chunk == 0 {
-        return Err(Error::Config("chunk size must be greater than 0".into()));
+        return Err(Error::Config { setting: "chunk", msg: "chunk size must be greater than 0".into() });
     }
     if cfg.chunk % PAGE_SIZE != 0 {
-        return Err(Error::Config(format!(
-            "chunk size {} is not a multiple of the page size ({PAGE_SIZE} bytes)",
-            cfg.chunk
-        )));
+        return Err(Error::Config {
+            setting: "chunk",
+            msg: format!("chunk size {} is not a multiple of the page size ({PAGE_SIZE} bytes)", cfg.chunk),
+        });
     }
     let max = info.max_chunk();
     if cfg.chunk > max {
-        return Err(Error::Config(format!(
-            "chunk size {} exceeds what {} can bind at once: {} bytes (maxStorageBufferRange {}, maxMemoryAllocationSize {})",
-            cfg.chunk, info.name, max, info.max_storage_buffer_range, info.max_memory_allocation_size
-        )));
+        return Err(Error::Config {
+            setting: "chunk",
+            msg: format!(
+                "chunk size {} exceeds what {} can bind at once: {} bytes (maxStorageBufferRange {}, maxMemoryAllocationSize {})",
+                cfg.chunk, info.name, max, info.max_storage_buffer_range, info.max_memory_allocation_size
+            ),
+        });
     }
     if cfg.depth == 0 || cfg.depth > MAX_DEPTH {
-        return Err(Error::Config(format!("queue depth {} is out of range 1..={MAX_DEPTH}", cfg.depth)));
+        return Err(Error::Config { setting: "depth", msg: format!("queue depth {} is out of range 1..={MAX_DEPTH}", cfg.depth) });
     }
     if let Some(budget) = cfg.memory_budget {
         let need = memory_need(gpu, cfg);
         if need > budget {
-            return Err(Error::Config(format!(
-                "chunk {} x depth {} needs up to {need} bytes of buffers, over the memory budget of {budget} bytes",
-                cfg.chunk, cfg.depth
-            )));
+            return Err(Error::Config {
+                setting: "memory_budget",
+                msg: format!(
+                    "chunk {} x depth {} needs up to {need} bytes of buffers, over the memory budget of {budget} bytes",
+                    cfg.chunk, cfg.depth
+                ),
+            });
         }
     }
     Ok(())
@@ -255,13 +261,17 @@ impl Streamer {
             files.push(SourceFile::open(p)?);
         }
         let open_s = t0.elapsed().as_secs_f64();
-        let r = self.run_files(&files, progress);
+        // Leases are released only after every mapping is gone (see ReadLease).
+        let mut leases: Vec<Option<ReadLease>> = files.iter().map(|_| None).collect();
+        let r = self.run_files(&files, &mut leases, progress);
         if r.is_err() {
             self.abort();
         }
+        drop(leases);
         let mut report = r?;
         report.phases.open = open_s;
-        report.seconds = t0.elapsed().as_secs_f64();
+        // The stream's own time: the CPU recomputation is reported apart.
+        report.seconds = t0.elapsed().as_secs_f64() - report.phases.verify;
         Ok(report)
     }
 
@@ -284,11 +294,33 @@ impl Streamer {
     }
 
     /// Picks the path for one file, recording what `auto` skipped.
-    fn choose(&self, f: &SourceFile, fallbacks: &mut Vec<Fallback>) -> Result<PathKind> {
-        let file_reason = |k: PathKind| -> Option<Unavailable> {
+    fn choose(&self, f: &SourceFile, lease: &mut Option<ReadLease>, fallbacks: &mut Vec<Fallback>) -> Result<PathKind> {
+        let mut file_reason = |k: PathKind| -> Option<Unavailable> {
             if k == PathKind::Host {
                 if let Some(r) = f.unmappable_reason() {
                     return Some(Unavailable::new(k, ReasonCode::NotMappable, r));
+                }
+                if f.is_empty() {
+                    return None; // nothing will be mapped
+                }
+                match ReadLease::take(f.fd()) {
+                    Ok(l) => *lease = Some(l),
+                    Err(e) => {
+                        let why = match e.raw_os_error() {
+                            Some(nix::libc::EAGAIN) => "it is open for writing elsewhere".to_string(),
+                            Some(nix::libc::EACCES) => "only its owner (or CAP_LEASE) may lease it".to_string(),
+                            Some(nix::libc::EINVAL) => "its filesystem does not support leases".to_string(),
+                            _ => e.to_string(),
+                        };
+                        return Some(Unavailable::new(
+                            k,
+                            ReasonCode::NoLease,
+                            format!(
+                                "{}: no read lease ({why}); the host path maps a file only while a lease keeps it from being truncated",
+                                f.path().display()
+                            ),
+                        ));
+                    }
                 }
             }
             None
@@ -324,12 +356,17 @@ impl Streamer {
                     }
                 }
                 // Upload is always available, so this is unreachable in practice.
-                Err(Error::Config("no path can stream this file".into()))
+                Err(Error::Config { setting: "path", msg: "no path can stream this file".into() })
             }
         }
     }
 
-    fn run_files(&mut self, files: &[SourceFile], progress: &mut dyn FnMut(u64, u64)) -> Result<StreamReport> {
+    fn run_files(
+        &mut self,
+        files: &[SourceFile],
+        leases: &mut [Option<ReadLease>],
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<StreamReport> {
         let info = self.gpu.info().clone();
         let shader = self.cfg.shader;
         let chunk = self.cfg.chunk;
@@ -346,14 +383,15 @@ impl Streamer {
             done: 0,
         };
         for (fi, f) in files.iter().enumerate() {
-            let mut path = self.choose(f, &mut st.fallbacks)?;
+            let mut path = self.choose(f, &mut leases[fi], &mut st.fallbacks)?;
             let len = f.len();
             let mut off = 0;
             while off < len {
                 let n = chunk.min(len - off);
                 let s = self.next_slot;
                 self.next_slot = (s + 1) % self.slots.len();
-                self.complete(s, files, &mut st)?;
+                self.complete(s, files, leases, &mut st)?;
+                check_lease(f, &leases[fi])?;
                 let t = Instant::now();
                 match self.fill(s, f, off, n, path, &mut st) {
                     Ok(()) => {}
@@ -383,9 +421,11 @@ impl Streamer {
         for _ in 0..self.slots.len() {
             let s = self.next_slot;
             self.next_slot = (s + 1) % self.slots.len();
-            self.complete(s, files, &mut st)?;
+            self.complete(s, files, leases, &mut st)?;
         }
-        for f in files {
+        for (f, l) in files.iter().zip(leases.iter_mut()) {
+            check_lease(f, l)?;
+            *l = None; // nothing is mapped any more
             f.check_unchanged()?;
         }
         progress(total, total);
@@ -485,7 +525,7 @@ impl Streamer {
                 Ok(())
             }
             PathKind::Direct | PathKind::Heap => Err(self.gpu.unavailable(path).map(Error::from).unwrap_or_else(|| {
-                Error::Config(format!("path {path} has no implementation"))
+                Error::Config { setting: "path", msg: format!("path {path} has no implementation") }
             })),
         }
     }
@@ -579,7 +619,7 @@ impl Streamer {
     }
 
     /// Waits for slot `s`'s last chunk, folds its result and frees its input.
-    fn complete(&mut self, s: usize, files: &[SourceFile], st: &mut RunState) -> Result<()> {
+    fn complete(&mut self, s: usize, files: &[SourceFile], leases: &[Option<ReadLease>], st: &mut RunState) -> Result<()> {
         let Some(p) = self.slots[s].pending.take() else { return Ok(()) };
         let d = &self.gpu.shared.device;
         let t = Instant::now();
@@ -599,6 +639,7 @@ impl Streamer {
         st.done += p.len;
         let slot = &mut self.slots[s];
         let f = &files[p.file];
+        check_lease(f, &leases[p.file])?;
         if let Some(input) = slot.input.take() {
             if input.host_mapping().is_some_and(|m| m.lost_pages()) {
                 return Err(Error::FileChanged {
@@ -618,6 +659,16 @@ impl Streamer {
         st.phases.fold += t.elapsed().as_secs_f64();
         f.check_unchanged()
     }
+}
+
+fn check_lease(f: &SourceFile, l: &Option<ReadLease>) -> Result<()> {
+    if l.as_ref().is_some_and(|l| l.broken()) {
+        return Err(Error::FileChanged {
+            path: f.path().to_path_buf(),
+            what: "another process opened it for writing or truncated it (its read lease was broken); stopped before it could change under the mapping".into(),
+        });
+    }
+    Ok(())
 }
 
 struct RunState {

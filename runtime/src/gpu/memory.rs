@@ -39,6 +39,8 @@ pub(crate) struct Buffer {
     memory: vk::DeviceMemory,
     pub size: u64,
     mapped: *mut u8,
+    /// Where the memory came from (kept for debugging and `Debug` output).
+    #[allow(dead_code)]
     pub origin: BufferOrigin,
     // Dropped after `memory` is freed (see Drop): the import must go first.
     host_map: Option<HostMapping>,

@@ -101,7 +101,6 @@ pub(crate) struct DeviceShared {
     _entry: ash::Entry,
     pub instance: ash::Instance,
     pub device: ash::Device,
-    pub physical: vk::PhysicalDevice,
     pub queue: Mutex<vk::Queue>,
     pub queue_family: u32,
     pub host_ext: Option<ash::ext::external_memory_host::Device>,
@@ -260,7 +259,7 @@ impl Gpu {
         let entry = load_entry()?;
         let instance = create_instance(&entry)?;
         match Self::open_device(&instance, wanted) {
-            Ok((device, physical, queue_family, info, host_ext, mem_props)) => {
+            Ok((device, _physical, queue_family, info, host_ext, mem_props)) => {
                 // SAFETY: queue family `queue_family` with one queue was requested.
                 let queue = unsafe { device.get_device_queue(queue_family, 0) };
                 Ok(Gpu {
@@ -268,7 +267,6 @@ impl Gpu {
                         _entry: entry,
                         instance,
                         device,
-                        physical,
                         queue: Mutex::new(queue),
                         queue_family,
                         host_ext,

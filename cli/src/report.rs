@@ -1,0 +1,121 @@
+//! Human and JSON renderings of a stream report (JSON documented in docs/cli.md).
+use std::fmt::Write;
+
+use dmafile::StreamReport;
+use serde_json::{json, Map, Value};
+
+use crate::size::human;
+
+fn paths_json(p: &std::collections::BTreeMap<dmafile::PathKind, u64>) -> Value {
+    let mut m = Map::new();
+    for (k, v) in p {
+        m.insert(k.name().to_string(), json!(v));
+    }
+    Value::Object(m)
+}
+
+fn result_json(r: &Option<dmafile::ShaderResult>) -> Value {
+    r.as_ref().map(|r| serde_json::to_value(r.to_json()).unwrap_or(Value::Null)).unwrap_or(Value::Null)
+}
+
+pub fn gbps(bytes: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        bytes as f64 / secs / 1e9
+    } else {
+        0.0
+    }
+}
+
+pub fn stream_json(r: &StreamReport) -> Value {
+    json!({
+        "device": r.device,
+        "shader": r.shader.name(),
+        "chunk": r.chunk,
+        "depth": r.depth,
+        "bytes": r.bytes,
+        "seconds": r.seconds,
+        "gbps": gbps(r.bytes, r.seconds),
+        "paths": paths_json(&r.paths),
+        "cpu_copied_bytes": r.cpu_copied_bytes,
+        "gpu_copied_bytes": r.gpu_copied_bytes,
+        "peak_in_flight_bytes": r.peak_in_flight_bytes,
+        "fallbacks": r.fallbacks,
+        "result": result_json(&r.result),
+        "cpu_result": result_json(&r.cpu_result),
+        "verified": r.verified,
+        "phases": r.phases,
+        "files": r.files.iter().map(|f| json!({
+            "path": f.path.display().to_string(),
+            "bytes": f.bytes,
+            "paths": paths_json(&f.paths),
+            "result": result_json(&f.result),
+            "cpu_result": result_json(&f.cpu_result),
+            "snapshot_of": f.snapshot_of,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn stream_human(r: &StreamReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "streamed {} ({} bytes) in {:.3} s: {:.2} GB/s on {}",
+        human(r.bytes),
+        r.bytes,
+        r.seconds,
+        gbps(r.bytes, r.seconds),
+        r.device
+    );
+    let paths: Vec<String> = r.paths.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let _ = writeln!(s, "  paths:        {}", if paths.is_empty() { "(no bytes)".into() } else { paths.join(", ") });
+    let _ = writeln!(s, "  cpu copied:   {} bytes", r.cpu_copied_bytes);
+    let _ = writeln!(s, "  gpu copied:   {} bytes", r.gpu_copied_bytes);
+    let _ = writeln!(s, "  chunk/depth:  {} x {} (peak in flight {})", human(r.chunk), r.depth, human(r.peak_in_flight_bytes));
+    if r.fallbacks.is_empty() {
+        let _ = writeln!(s, "  fallbacks:    none");
+    }
+    for f in &r.fallbacks {
+        let file = f.file.as_deref().map(|p| format!(" ({p})")).unwrap_or_default();
+        let _ = writeln!(s, "  fallback:     {} -> {}{}: {} [{}]", f.from, f.to, file, f.reason, f.code.name());
+    }
+    for f in r.files.iter().filter(|f| f.snapshot_of.is_some()) {
+        let _ = writeln!(
+            s,
+            "  snapshot:     {} is a pseudo-file on {}; streamed the {} bytes one read returned",
+            f.path.display(),
+            f.snapshot_of.unwrap_or("?"),
+            f.bytes
+        );
+    }
+    match &r.result {
+        Some(res) => {
+            let _ = writeln!(s, "  {:<13} {res}", format!("{}:", r.shader));
+        }
+        None => {
+            let _ = writeln!(s, "  shader:       none");
+        }
+    }
+    if r.files.len() > 1 {
+        for f in &r.files {
+            if let Some(res) = &f.result {
+                let _ = writeln!(s, "    {res}  {}", f.path.display());
+            }
+        }
+    }
+    match (r.verified, &r.cpu_result) {
+        (Some(true), Some(c)) => {
+            let _ = writeln!(s, "  verified:     yes (CPU {c})");
+        }
+        (Some(false), c) => {
+            let _ = writeln!(s, "  verified:     NO, CPU computed {}", c.as_ref().map(|c| c.to_string()).unwrap_or_default());
+        }
+        _ => {}
+    }
+    let p = &r.phases;
+    let _ = writeln!(
+        s,
+        "  phases (s):   open {:.3}, setup {:.3}, fill {:.3}, submit {:.3}, wait {:.3}, fold {:.3}, verify {:.3}",
+        p.open, p.setup, p.fill, p.submit, p.wait, p.fold, p.verify
+    );
+    s
+}
