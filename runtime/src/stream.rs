@@ -49,6 +49,10 @@ pub struct StreamConfig {
     pub memory_budget: Option<u64>,
     /// Recompute the result on the CPU and compare.
     pub verify: bool,
+    /// Upload through a staging buffer and a device copy even where
+    /// device-local memory is host-visible: what discrete GPUs do, so the
+    /// copy path can be tested on lavapipe (env `DMAFILE_FORCE_STAGING=1`).
+    pub force_staging: bool,
 }
 
 impl Default for StreamConfig {
@@ -60,6 +64,7 @@ impl Default for StreamConfig {
             shader: ShaderKind::Crc32c,
             memory_budget: None,
             verify: false,
+            force_staging: std::env::var_os("DMAFILE_FORCE_STAGING").is_some_and(|v| v == "1"),
         }
     }
 }
@@ -194,7 +199,7 @@ pub fn validate_config(gpu: &Gpu, cfg: &StreamConfig) -> Result<()> {
 
 /// Upper bound of the bytes a stream holds in buffers and mappings.
 pub fn memory_need(gpu: &Gpu, cfg: &StreamConfig) -> u64 {
-    let copies = if gpu.info().host_visible_device_local { 1 } else { 2 };
+    let copies = if gpu.info().host_visible_device_local && !cfg.force_staging { 1 } else { 2 };
     cfg.depth as u64 * (cfg.chunk * copies + cfg.shader.output_bytes(cfg.chunk))
 }
 
@@ -513,7 +518,7 @@ impl Streamer {
                 let padded = (n as usize).next_multiple_of(4);
                 bytes[n as usize..padded].fill(0);
                 st.cpu_copied += n;
-                if !dev.info.host_visible_device_local && slot.device_copy.is_none() {
+                if (!dev.info.host_visible_device_local || self.cfg.force_staging) && slot.device_copy.is_none() {
                     slot.device_copy = Some(Buffer::allocate(&dev, chunk, Placement::Device)?);
                 }
                 Ok(())

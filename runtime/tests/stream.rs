@@ -198,6 +198,7 @@ fn stream_larger_than_the_memory_budget() {
             shader: ShaderKind::Crc32c,
             memory_budget: Some(budget),
             verify: false,
+            force_staging: false,
         };
         let r = Streamer::new(&g, cfg).unwrap().run(&[&f], &mut |_, _| {}).unwrap();
         assert_eq!(r.result, Some(ShaderResult::Crc32c(cpu::crc32c(&d))));
@@ -293,4 +294,27 @@ fn host_path_needs_a_lease() {
     assert_eq!(r.result, Some(ShaderResult::Crc32c(cpu::crc32c(&d))));
     assert!(r.fallbacks.iter().any(|fb| fb.from == PathKind::Host && fb.code == ReasonCode::NoLease));
     assert_eq!(r.paths.keys().copied().collect::<Vec<_>>(), vec![PathKind::Upload]);
+}
+
+#[test]
+fn staging_copy_path_matches() {
+    // The discrete-GPU upload path (staging buffer + device copy), forced on.
+    let g = gpu();
+    let dir = TempDir::new("staging");
+    let d = data(3 * CHUNK as usize + 1001, 13);
+    let f = dir.file("f", &d);
+    for kind in [ShaderKind::Crc32c, ShaderKind::Histogram] {
+        let cfg = StreamConfig {
+            path: PathChoice::Only(PathKind::Upload),
+            chunk: CHUNK,
+            depth: 2,
+            shader: kind,
+            force_staging: true,
+            ..Default::default()
+        };
+        let r = Streamer::new(&g, cfg).unwrap().run(&[&f], &mut |_, _| {}).unwrap();
+        assert_eq!(r.result, expected(kind, &d), "{kind}");
+        assert_eq!(r.cpu_copied_bytes, d.len() as u64);
+        assert_eq!(r.gpu_copied_bytes, (d.len() as u64).next_multiple_of(4));
+    }
 }
