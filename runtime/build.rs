@@ -23,7 +23,10 @@ fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let shader_dir = manifest.join("../shaders");
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
-    println!("cargo:rerun-if-changed={}", shader_dir.join("common.glsl").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        shader_dir.join("common.glsl").display()
+    );
     for name in SHADERS {
         let src = shader_dir.join(format!("{name}.comp"));
         let spv = out_dir.join(format!("{name}.spv"));
@@ -35,7 +38,21 @@ fn main() {
 fn compile(src: &Path, spv: &Path) {
     run(
         "glslangValidator",
-        &["-V".as_ref(), "--target-env".as_ref(), "vulkan1.1".as_ref(), "-o".as_ref(), spv.as_os_str(), src.as_os_str()],
+        &[
+            "-V".as_ref(),
+            "--target-env".as_ref(),
+            "vulkan1.1".as_ref(),
+            "-o".as_ref(),
+            spv.as_os_str(),
+            src.as_os_str(),
+        ],
     );
-    run("spirv-val", &["--target-env".as_ref(), "vulkan1.1".as_ref(), spv.as_os_str()]);
+    run(
+        "spirv-val",
+        &[
+            "--target-env".as_ref(),
+            "vulkan1.1".as_ref(),
+            spv.as_os_str(),
+        ],
+    );
 }

@@ -22,5 +22,6 @@ for size in 0 1 3 4095 4096 4097 1M 5M; do
         fi
     done
 done
-echo "independent crc32c check: $pass passed, $fail failed"
+echo "independent CRC-32C check against PyPI crc32c, host and upload paths:"
+echo "crc32c: $pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -72,15 +72,26 @@ fn memcpy_pass(len: u64, src: &[u8], dst: &mut [u8]) -> f64 {
 
 pub fn run(o: BenchOpts) -> Result<ExitCode, CliError> {
     if o.runs == 0 {
-        return Err(CliError { msg: "--runs must be at least 1".into(), code: 2 });
+        return Err(CliError {
+            msg: "--runs must be at least 1".into(),
+            code: 2,
+        });
     }
     let src = dmafile::SourceFile::open(&o.file)?;
     let len = src.len();
     if len == 0 {
-        return Err(CliError { msg: format!("{}: file is empty, nothing to time", o.file.display()), code: 2 });
+        return Err(CliError {
+            msg: format!("{}: file is empty, nothing to time", o.file.display()),
+            code: 2,
+        });
     }
     let gpu = Gpu::open_default()?;
-    let base_cfg = StreamConfig { chunk: o.chunk, depth: o.depth, shader: o.shader, ..Default::default() };
+    let base_cfg = StreamConfig {
+        chunk: o.chunk,
+        depth: o.depth,
+        shader: o.shader,
+        ..Default::default()
+    };
     dmafile::stream::validate_config(&gpu, &base_cfg)?;
 
     // Baselines, measured now, on the same bytes with a warm page cache.
@@ -88,8 +99,16 @@ pub fn run(o: BenchOpts) -> Result<ExitCode, CliError> {
     let mut buf = vec![0u8; piece];
     let mut buf2 = vec![1u8; piece];
     pread_pass(src.file(), len, &mut buf)?; // warm the page cache
-    let pread_s = median((0..o.runs).map(|_| pread_pass(src.file(), len, &mut buf)).collect::<Result<_, _>>()?);
-    let memcpy_s = median((0..o.runs).map(|_| memcpy_pass(len, &buf, &mut buf2)).collect());
+    let pread_s = median(
+        (0..o.runs)
+            .map(|_| pread_pass(src.file(), len, &mut buf))
+            .collect::<Result<_, _>>()?,
+    );
+    let memcpy_s = median(
+        (0..o.runs)
+            .map(|_| memcpy_pass(len, &buf, &mut buf2))
+            .collect(),
+    );
     drop((buf, buf2));
     let pread_gbps = gbps(len, pread_s);
     let memcpy_gbps = gbps(len, memcpy_s);
@@ -101,7 +120,10 @@ pub fn run(o: BenchOpts) -> Result<ExitCode, CliError> {
             skipped.push(json!({"path": p.path.name(), "code": p.code.map(|c| c.name()), "reason": p.reason}));
             continue;
         }
-        let cfg = StreamConfig { path: PathChoice::Only(p.path), ..base_cfg.clone() };
+        let cfg = StreamConfig {
+            path: PathChoice::Only(p.path),
+            ..base_cfg.clone()
+        };
         let mut s = match Streamer::new(&gpu, cfg) {
             Ok(s) => s,
             Err(e) => {
@@ -192,7 +214,12 @@ pub fn run(o: BenchOpts) -> Result<ExitCode, CliError> {
         );
     }
     for k in &skipped {
-        let _ = writeln!(s, "{:<8} skipped: {}", k["path"].as_str().unwrap_or(""), k["reason"].as_str().unwrap_or(""));
+        let _ = writeln!(
+            s,
+            "{:<8} skipped: {}",
+            k["path"].as_str().unwrap_or(""),
+            k["reason"].as_str().unwrap_or("")
+        );
     }
     out(&s).map(|_| ExitCode::SUCCESS)
 }

@@ -10,7 +10,11 @@ use crate::{out, CliError};
 
 fn dma_heaps() -> Vec<String> {
     std::fs::read_dir("/dev/dma_heap")
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -36,8 +40,16 @@ pub fn run(as_json: bool) -> Result<ExitCode, CliError> {
     }
     let mut s = String::new();
     for d in &devices {
-        let mark = if d.index == devices[chosen].index { "*" } else { " " };
-        let _ = writeln!(s, "{mark} device {}: {} ({:?}, Vulkan {}, {})", d.index, d.name, d.kind, d.api_version, d.driver);
+        let mark = if d.index == devices[chosen].index {
+            "*"
+        } else {
+            " "
+        };
+        let _ = writeln!(
+            s,
+            "{mark} device {}: {} ({:?}, Vulkan {}, {})",
+            d.index, d.name, d.kind, d.api_version, d.driver
+        );
         let f = &d.features;
         let yn = |b: bool| if b { "yes" } else { "no" };
         let _ = writeln!(
@@ -95,8 +107,24 @@ pub fn run(as_json: bool) -> Result<ExitCode, CliError> {
             );
         }
     }
-    let _ = writeln!(s, "kernel module: {}", if module { "loaded (/dev/dmafile)" } else { "not loaded (/dev/dmafile absent)" });
-    let _ = writeln!(s, "dma-buf heaps: {}", if heaps.is_empty() { "none (/dev/dma_heap absent)".to_string() } else { heaps.join(", ") });
+    let _ = writeln!(
+        s,
+        "kernel module: {}",
+        if module {
+            "loaded (/dev/dmafile)"
+        } else {
+            "not loaded (/dev/dmafile absent)"
+        }
+    );
+    let _ = writeln!(
+        s,
+        "dma-buf heaps: {}",
+        if heaps.is_empty() {
+            "none (/dev/dma_heap absent)".to_string()
+        } else {
+            heaps.join(", ")
+        }
+    );
     let _ = PathKind::ALL;
     out(&s).map(|_| ExitCode::SUCCESS)
 }

@@ -15,7 +15,11 @@ mod report;
 mod size;
 
 #[derive(Parser)]
-#[command(name = "dmafile", version, about = "File bytes into GPU shaders, zero-copy where the machine allows, and always saying how")]
+#[command(
+    name = "dmafile",
+    version,
+    about = "File bytes into GPU shaders, zero-copy where the machine allows, and always saying how"
+)]
 struct Opts {
     #[command(subcommand)]
     cmd: Cmd,
@@ -79,13 +83,19 @@ pub struct CliError {
 
 impl From<dmafile::Error> for CliError {
     fn from(e: dmafile::Error) -> Self {
-        CliError { msg: e.to_string(), code: 2 }
+        CliError {
+            msg: e.to_string(),
+            code: 2,
+        }
     }
 }
 
 impl From<std::io::Error> for CliError {
     fn from(e: std::io::Error) -> Self {
-        CliError { msg: e.to_string(), code: 2 }
+        CliError {
+            msg: e.to_string(),
+            code: 2,
+        }
     }
 }
 
@@ -102,10 +112,15 @@ pub fn progress_bar(total: u64, label: &str) -> Option<indicatif::ProgressBar> {
     if !std::io::stderr().is_terminal() || std::env::var_os("DMAFILE_NO_PROGRESS").is_some() {
         return None;
     }
-    let pb = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
-    let style = indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> ");
+    let pb = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
     pb.set_style(style);
     pb.set_message(label.to_string());
     Some(pb)
@@ -120,17 +135,25 @@ fn stream(o: StreamOpts) -> Result<ExitCode, CliError> {
         shader: o.shader,
         memory_budget: o.memory_budget,
         verify: o.verify,
+        ..Default::default()
     };
     let mut s = Streamer::new(&gpu, cfg).map_err(|e| match e {
-        dmafile::Error::Config { setting, msg } => {
-            CliError { msg: format!("invalid --{}: {msg}", setting.replace('_', "-")), code: 2 }
-        }
+        dmafile::Error::Config { setting, msg } => CliError {
+            msg: format!("invalid --{}: {msg}", setting.replace('_', "-")),
+            code: 2,
+        },
         e => e.into(),
     })?;
     let mut pb: Option<indicatif::ProgressBar> = None;
-    let label = if o.files.len() == 1 { o.files[0].display().to_string() } else { format!("{} files", o.files.len()) };
+    let label = if o.files.len() == 1 {
+        o.files[0].display().to_string()
+    } else {
+        format!("{} files", o.files.len())
+    };
     let rep = s.run(&o.files, &mut |done, total| {
-        let bar = pb.get_or_insert_with(|| progress_bar(total, &label).unwrap_or_else(indicatif::ProgressBar::hidden));
+        let bar = pb.get_or_insert_with(|| {
+            progress_bar(total, &label).unwrap_or_else(indicatif::ProgressBar::hidden)
+        });
         bar.set_position(done);
     })?;
     if let Some(pb) = pb {

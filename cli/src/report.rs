@@ -15,7 +15,9 @@ fn paths_json(p: &std::collections::BTreeMap<dmafile::PathKind, u64>) -> Value {
 }
 
 fn result_json(r: &Option<dmafile::ShaderResult>) -> Value {
-    r.as_ref().map(|r| serde_json::to_value(r.to_json()).unwrap_or(Value::Null)).unwrap_or(Value::Null)
+    r.as_ref()
+        .map(|r| serde_json::to_value(r.to_json()).unwrap_or(Value::Null))
+        .unwrap_or(Value::Null)
 }
 
 pub fn gbps(bytes: u64, secs: f64) -> f64 {
@@ -67,16 +69,42 @@ pub fn stream_human(r: &StreamReport) -> String {
         r.device
     );
     let paths: Vec<String> = r.paths.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    let _ = writeln!(s, "  paths:        {}", if paths.is_empty() { "(no bytes)".into() } else { paths.join(", ") });
+    let _ = writeln!(
+        s,
+        "  paths:        {}",
+        if paths.is_empty() {
+            "(no bytes)".into()
+        } else {
+            paths.join(", ")
+        }
+    );
     let _ = writeln!(s, "  cpu copied:   {} bytes", r.cpu_copied_bytes);
     let _ = writeln!(s, "  gpu copied:   {} bytes", r.gpu_copied_bytes);
-    let _ = writeln!(s, "  chunk/depth:  {} x {} (peak in flight {})", human(r.chunk), r.depth, human(r.peak_in_flight_bytes));
+    let _ = writeln!(
+        s,
+        "  chunk/depth:  {} x {} (peak in flight {})",
+        human(r.chunk),
+        r.depth,
+        human(r.peak_in_flight_bytes)
+    );
     if r.fallbacks.is_empty() {
         let _ = writeln!(s, "  fallbacks:    none");
     }
     for f in &r.fallbacks {
-        let file = f.file.as_deref().map(|p| format!(" ({p})")).unwrap_or_default();
-        let _ = writeln!(s, "  fallback:     {} -> {}{}: {} [{}]", f.from, f.to, file, f.reason, f.code.name());
+        let file = f
+            .file
+            .as_deref()
+            .map(|p| format!(" ({p})"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  fallback:     {} -> {}{}: {} [{}]",
+            f.from,
+            f.to,
+            file,
+            f.reason,
+            f.code.name()
+        );
     }
     for f in r.files.iter().filter(|f| f.snapshot_of.is_some()) {
         let _ = writeln!(
@@ -107,7 +135,11 @@ pub fn stream_human(r: &StreamReport) -> String {
             let _ = writeln!(s, "  verified:     yes (CPU {c})");
         }
         (Some(false), c) => {
-            let _ = writeln!(s, "  verified:     NO, CPU computed {}", c.as_ref().map(|c| c.to_string()).unwrap_or_default());
+            let _ = writeln!(
+                s,
+                "  verified:     NO, CPU computed {}",
+                c.as_ref().map(|c| c.to_string()).unwrap_or_default()
+            );
         }
         _ => {}
     }

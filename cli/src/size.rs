@@ -7,7 +7,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
-        return Err(format!("`{s}` is not a size (expected a number with an optional unit: 4096, 64K, 16M, 1GiB)"));
+        return Err(format!(
+            "`{s}` is not a size (expected a number with an optional unit: 4096, 64K, 16M, 1GiB)"
+        ));
     }
     let n: u64 = num.parse().map_err(|_| format!("`{s}` is too large"))?;
     let mult: u64 = match unit.to_ascii_lowercase().as_str() {
@@ -16,9 +18,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         "t" | "tb" | "tib" => 1 << 40,
-        _ => return Err(format!("`{s}` has an unknown unit `{unit}` (use K, M, G or T)")),
+        _ => {
+            return Err(format!(
+                "`{s}` has an unknown unit `{unit}` (use K, M, G or T)"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 /// 1536 -> "1.5 KiB".

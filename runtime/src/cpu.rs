@@ -16,7 +16,11 @@ const fn make_tables() -> [[u32; 256]; 8] {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 { (c >> 1) ^ CRC32C_POLY } else { c >> 1 };
+            c = if c & 1 != 0 {
+                (c >> 1) ^ CRC32C_POLY
+            } else {
+                c >> 1
+            };
             k += 1;
         }
         t[0][i] = c;
@@ -110,7 +114,11 @@ fn multmodp(a: u32, mut b: u32) -> u32 {
             }
         }
         m >>= 1;
-        b = if b & 1 != 0 { (b >> 1) ^ CRC32C_POLY } else { b >> 1 };
+        b = if b & 1 != 0 {
+            (b >> 1) ^ CRC32C_POLY
+        } else {
+            b >> 1
+        };
     }
     p
 }
@@ -128,7 +136,11 @@ const fn x2n_table() -> [u32; 32] {
                 }
             }
             m >>= 1;
-            b = if b & 1 != 0 { (b >> 1) ^ CRC32C_POLY } else { b >> 1 };
+            b = if b & 1 != 0 {
+                (b >> 1) ^ CRC32C_POLY
+            } else {
+                b >> 1
+            };
         }
         p
     }
@@ -198,7 +210,9 @@ impl Sum64 {
             if self.npending < 4 {
                 return;
             }
-            self.sum = self.sum.wrapping_add(u32::from_le_bytes(self.pending) as u64);
+            self.sum = self
+                .sum
+                .wrapping_add(u32::from_le_bytes(self.pending) as u64);
             self.npending = 0;
         }
         let mut words = data.chunks_exact(4);
@@ -298,7 +312,11 @@ mod tests {
         let d = bytes(20_000, 3);
         for split in [0, 1, 3, 4096, 12_345, 20_000] {
             let (a, b) = d.split_at(split);
-            assert_eq!(crc32c_combine(crc32c(a), crc32c(b), b.len() as u64), crc32c(&d), "split={split}");
+            assert_eq!(
+                crc32c_combine(crc32c(a), crc32c(b), b.len() as u64),
+                crc32c(&d),
+                "split={split}"
+            );
         }
         // Raw register form, as the stream uses it.
         let (a, b) = d.split_at(4096);

@@ -39,7 +39,10 @@ pub enum Error {
     NoSuchDevice { wanted: String, have: String },
     /// A Vulkan call failed.
     #[error("Vulkan: {call} failed: {result}")]
-    Vulkan { call: &'static str, result: vk::Result },
+    Vulkan {
+        call: &'static str,
+        result: vk::Result,
+    },
     /// The chosen device lacks something dmafile needs.
     #[error("Vulkan device {device}: {what}")]
     DeviceUnsuitable { device: String, what: String },
@@ -47,7 +50,11 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, what: &'static str, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), what, source }
+        Error::Io {
+            path: path.into(),
+            what,
+            source,
+        }
     }
 
     /// The path this error is about, when it is about one.
@@ -61,7 +68,13 @@ impl Error {
     /// True when the error is about the user's input or configuration rather
     /// than the machine (the CLI maps these to its usage exit code).
     pub fn is_input_error(&self) -> bool {
-        matches!(self, Error::Io { .. } | Error::BadInput { .. } | Error::Config { .. } | Error::PathUnavailable(_))
+        matches!(
+            self,
+            Error::Io { .. }
+                | Error::BadInput { .. }
+                | Error::Config { .. }
+                | Error::PathUnavailable(_)
+        )
     }
 }
 

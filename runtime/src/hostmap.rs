@@ -28,7 +28,11 @@ struct GuardSlot {
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
-const EMPTY: GuardSlot = GuardSlot { start: AtomicUsize::new(0), end: AtomicUsize::new(0), hit: AtomicBool::new(false) };
+const EMPTY: GuardSlot = GuardSlot {
+    start: AtomicUsize::new(0),
+    end: AtomicUsize::new(0),
+    hit: AtomicBool::new(false),
+};
 static GUARDS: [GuardSlot; GUARD_SLOTS] = [EMPTY; GUARD_SLOTS];
 /// 1 while a slot is being claimed, so two claimers never share one.
 static CLAIM: [AtomicBool; GUARD_SLOTS] = [const { AtomicBool::new(false) }; GUARD_SLOTS];
@@ -95,7 +99,9 @@ fn install_guard() {
 fn claim_guard(start: usize, end: usize) -> Option<usize> {
     install_guard();
     for (i, c) in CLAIM.iter().enumerate() {
-        if c.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        if c.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
             GUARDS[i].hit.store(false, Ordering::Release);
             GUARDS[i].end.store(end, Ordering::Release);
             GUARDS[i].start.store(start, Ordering::Release);
@@ -184,7 +190,10 @@ impl HostMapping {
         let Some(guard) = claim_guard(start, start + file_len) else {
             // SAFETY: our mapping.
             unsafe { libc::munmap(start as *mut c_void, total) };
-            return Err(std::io::Error::new(std::io::ErrorKind::OutOfMemory, "too many live host mappings"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::OutOfMemory,
+                "too many live host mappings",
+            ));
         };
         Ok(HostMapping {
             // SAFETY: mmap never returns null on success.
@@ -222,51 +231,6 @@ impl Drop for HostMapping {
         // SAFETY: unmapping exactly what map() created; no Vulkan memory
         // imported from it outlives this (Buffer frees its memory first).
         unsafe { libc::munmap(self.base.as_ptr(), self.total) };
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-    use std::os::fd::AsFd;
-
-    #[test]
-    fn maps_with_alignment_and_zero_tail() {
-        let mut f = tempfile();
-        let data: Vec<u8> = (0..3 * 4096 + 100).map(|i| (i % 251) as u8).collect();
-        f.write_all(&data).unwrap();
-        for align in [4096u64, 65536] {
-            let m = HostMapping::map(f.as_fd(), 4096, (data.len() - 4096) as u64, align).unwrap();
-            assert_eq!(m.ptr() as usize % align as usize, 0);
-            assert_eq!(m.size() % align, 0);
-            // SAFETY: the mapping is m.size() readable bytes.
-            let s = unsafe { std::slice::from_raw_parts(m.ptr() as *const u8, m.size() as usize) };
-            assert_eq!(&s[..data.len() - 4096], &data[4096..]);
-            assert!(s[data.len() - 4096..].iter().all(|&b| b == 0));
-        }
-    }
-
-    #[test]
-    fn truncation_becomes_zero_pages_and_a_mark() {
-        let mut f = tempfile();
-        f.write_all(&vec![7u8; 8 * 4096]).unwrap();
-        let m = HostMapping::map(f.as_fd(), 0, 8 * 4096, 4096).unwrap();
-        f.set_len(4096).unwrap();
-        // SAFETY: reading our own mapping; the guard turns SIGBUS into zeros.
-        let s = unsafe { std::slice::from_raw_parts(m.ptr() as *const u8, m.size() as usize) };
-        assert_eq!(s[0], 7);
-        let v = unsafe { std::ptr::read_volatile(&s[5 * 4096]) };
-        assert_eq!(v, 0);
-        assert!(m.lost_pages());
-    }
-
-    fn tempfile() -> std::fs::File {
-        let dir = std::env::temp_dir();
-        let p = dir.join(format!("dmafile-hostmap-{}-{:?}", std::process::id(), std::thread::current().id()));
-        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&p).unwrap();
-        std::fs::remove_file(&p).unwrap();
-        f
     }
 }
 
@@ -332,13 +296,20 @@ impl ReadLease {
         let raw = fd.as_raw_fd();
         let slot = LEASE_FD
             .iter()
-            .position(|f| f.compare_exchange(0, raw as usize + 1, Ordering::AcqRel, Ordering::Acquire).is_ok())
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::OutOfMemory, "too many leases"))?;
+            .position(|f| {
+                f.compare_exchange(0, raw as usize + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            })
+            .ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::OutOfMemory, "too many leases")
+            })?;
         LEASE_BROKEN[slot].store(false, Ordering::Release);
         // SAFETY: fcntl on a descriptor we borrow; F_SETSIG/F_SETOWN route the
         // break notice to our handler with si_fd set.
         let r = unsafe {
-            if libc::fcntl(raw, F_SETSIG, sig) < 0 || libc::fcntl(raw, libc::F_SETOWN, libc::getpid()) < 0 {
+            if libc::fcntl(raw, F_SETSIG, sig) < 0
+                || libc::fcntl(raw, libc::F_SETOWN, libc::getpid()) < 0
+            {
                 -1
             } else {
                 libc::fcntl(raw, libc::F_SETLEASE, libc::F_RDLCK)
@@ -364,5 +335,60 @@ impl Drop for ReadLease {
         // owner keeps open for at least as long as the lease.
         unsafe { libc::fcntl(self.fd, libc::F_SETLEASE, libc::F_UNLCK) };
         LEASE_FD[self.slot].store(0, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn maps_with_alignment_and_zero_tail() {
+        let mut f = tempfile();
+        let data: Vec<u8> = (0..3 * 4096 + 100).map(|i| (i % 251) as u8).collect();
+        f.write_all(&data).unwrap();
+        for align in [4096u64, 65536] {
+            let m = HostMapping::map(f.as_fd(), 4096, (data.len() - 4096) as u64, align).unwrap();
+            assert_eq!(m.ptr() as usize % align as usize, 0);
+            assert_eq!(m.size() % align, 0);
+            // SAFETY: the mapping is m.size() readable bytes.
+            let s = unsafe { std::slice::from_raw_parts(m.ptr() as *const u8, m.size() as usize) };
+            assert_eq!(&s[..data.len() - 4096], &data[4096..]);
+            assert!(s[data.len() - 4096..].iter().all(|&b| b == 0));
+        }
+    }
+
+    #[test]
+    fn truncation_becomes_zero_pages_and_a_mark() {
+        let mut f = tempfile();
+        f.write_all(&vec![7u8; 8 * 4096]).unwrap();
+        let m = HostMapping::map(f.as_fd(), 0, 8 * 4096, 4096).unwrap();
+        f.set_len(4096).unwrap();
+        // SAFETY: reading our own mapping; the guard turns SIGBUS into zeros.
+        let s = unsafe { std::slice::from_raw_parts(m.ptr() as *const u8, m.size() as usize) };
+        assert_eq!(s[0], 7);
+        let v = unsafe { std::ptr::read_volatile(&s[5 * 4096]) };
+        assert_eq!(v, 0);
+        assert!(m.lost_pages());
+    }
+
+    fn tempfile() -> std::fs::File {
+        let dir = std::env::temp_dir();
+        let p = dir.join(format!(
+            "dmafile-hostmap-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
+        std::fs::remove_file(&p).unwrap();
+        f
     }
 }

@@ -23,7 +23,12 @@ pub enum PathKind {
 
 impl PathKind {
     /// In the order `auto` tries them.
-    pub const ALL: [PathKind; 4] = [PathKind::Direct, PathKind::Host, PathKind::Heap, PathKind::Upload];
+    pub const ALL: [PathKind; 4] = [
+        PathKind::Direct,
+        PathKind::Host,
+        PathKind::Heap,
+        PathKind::Upload,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -59,7 +64,9 @@ impl std::str::FromStr for PathChoice {
             .into_iter()
             .find(|k| k.name() == s)
             .map(PathChoice::Only)
-            .ok_or_else(|| format!("unknown path `{s}` (expected auto, direct, host, heap or upload)"))
+            .ok_or_else(|| {
+                format!("unknown path `{s}` (expected auto, direct, host, heap or upload)")
+            })
     }
 }
 
@@ -121,7 +128,11 @@ impl ReasonCode {
 
 impl Unavailable {
     pub fn new(path: PathKind, code: ReasonCode, reason: impl Into<String>) -> Self {
-        Unavailable { path, code, reason: reason.into() }
+        Unavailable {
+            path,
+            code,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -184,7 +195,11 @@ pub(crate) fn kernel_side(kind: PathKind) -> Option<Unavailable> {
                 format!("no system dma-buf heap ({SYSTEM_HEAP} does not exist; kernel without CONFIG_DMABUF_HEAPS_SYSTEM)"),
             )
         } else {
-            Unavailable::new(kind, ReasonCode::NotImplemented, "the runtime's heap path is not built yet (issue: the heap path)")
+            Unavailable::new(
+                kind,
+                ReasonCode::NotImplemented,
+                "the runtime's heap path is not built yet (issue: the heap path)",
+            )
         }),
         PathKind::Host | PathKind::Upload => None,
     }

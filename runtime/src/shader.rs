@@ -24,7 +24,12 @@ pub enum ShaderKind {
 }
 
 impl ShaderKind {
-    pub const ALL: [ShaderKind; 4] = [ShaderKind::Crc32c, ShaderKind::Sum64, ShaderKind::Histogram, ShaderKind::None];
+    pub const ALL: [ShaderKind; 4] = [
+        ShaderKind::Crc32c,
+        ShaderKind::Sum64,
+        ShaderKind::Histogram,
+        ShaderKind::None,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -59,7 +64,9 @@ impl std::str::FromStr for ShaderKind {
         ShaderKind::ALL
             .into_iter()
             .find(|k| k.name() == s)
-            .ok_or_else(|| format!("unknown shader `{s}` (expected crc32c, sum64, histogram or none)"))
+            .ok_or_else(|| {
+                format!("unknown shader `{s}` (expected crc32c, sum64, histogram or none)")
+            })
     }
 }
 
@@ -103,8 +110,16 @@ impl fmt::Display for ShaderResult {
             ShaderResult::Histogram(h) => {
                 let total: u64 = h.iter().sum();
                 let nonzero = h.iter().filter(|&&c| c != 0).count();
-                let (top, count) = h.iter().enumerate().max_by_key(|(_, &c)| c).map(|(i, &c)| (i, c)).unwrap_or((0, 0));
-                write!(f, "{total} bytes, {nonzero} distinct values, most frequent 0x{top:02x} ({count})")
+                let (top, count) = h
+                    .iter()
+                    .enumerate()
+                    .max_by_key(|(_, &c)| c)
+                    .map(|(i, &c)| (i, c))
+                    .unwrap_or((0, 0));
+                write!(
+                    f,
+                    "{total} bytes, {nonzero} distinct values, most frequent 0x{top:02x} ({count})"
+                )
             }
         }
     }
@@ -143,14 +158,20 @@ impl Accumulator {
                 let blocks = len.div_ceil(BLOCK_BYTES) as usize;
                 for (i, &r) in words[..blocks].iter().enumerate() {
                     let n = (len - i as u64 * BLOCK_BYTES).min(BLOCK_BYTES);
-                    let shift = if n == BLOCK_BYTES { self.block_shift } else { CrcShift::new(n) };
+                    let shift = if n == BLOCK_BYTES {
+                        self.block_shift
+                    } else {
+                        CrcShift::new(n)
+                    };
                     self.crc = shift.apply(self.crc, r);
                 }
             }
             ShaderKind::Sum64 => {
                 let blocks = len.div_ceil(BLOCK_BYTES) as usize;
                 for pair in words[..blocks * 2].chunks_exact(2) {
-                    self.sum = self.sum.wrapping_add(pair[0] as u64 | (pair[1] as u64) << 32);
+                    self.sum = self
+                        .sum
+                        .wrapping_add(pair[0] as u64 | (pair[1] as u64) << 32);
                 }
             }
             ShaderKind::Histogram => {
@@ -166,7 +187,8 @@ impl Accumulator {
     /// Folds another accumulator's stream after this one's.
     pub fn append(&mut self, other: &Accumulator) {
         debug_assert_eq!(self.kind, other.kind);
-        self.crc = CrcShift::new(other.len).apply(self.crc, other.crc ^ CrcShift::new(other.len).apply(!0, 0));
+        self.crc = CrcShift::new(other.len)
+            .apply(self.crc, other.crc ^ CrcShift::new(other.len).apply(!0, 0));
         self.sum = self.sum.wrapping_add(other.sum);
         for (a, b) in self.bins.iter_mut().zip(other.bins.iter()) {
             *a += b;

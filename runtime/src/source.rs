@@ -103,7 +103,9 @@ impl SourceFile {
                 };
                 Error::io(&path, what, e)
             })?;
-        let meta = file.metadata().map_err(|e| Error::io(&path, "cannot stat", e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(&path, "cannot stat", e))?;
         let ft = meta.file_type();
         let refuse = |what: &str| {
             Err(Error::BadInput {
@@ -125,20 +127,33 @@ impl SourceFile {
             return refuse("not a regular file");
         }
         // Back to blocking reads for the regular file.
-        nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()))
-            .map_err(|e| Error::io(&path, "fcntl", e.into()))?;
+        nix::fcntl::fcntl(
+            file.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+        )
+        .map_err(|e| Error::io(&path, "fcntl", e.into()))?;
         let ident = Identity::of(&meta);
         let content = match pseudo_fs_name(&file) {
-            Some(fs) => Content::Snapshot { data: Self::snapshot(&path, &file)?, fs },
+            Some(fs) => Content::Snapshot {
+                data: Self::snapshot(&path, &file)?,
+                fs,
+            },
             None => Content::File,
         };
-        Ok(SourceFile { path, file, ident, content })
+        Ok(SourceFile {
+            path,
+            file,
+            ident,
+            content,
+        })
     }
 
     fn snapshot(path: &Path, file: &File) -> Result<Vec<u8>> {
         let mut data = Vec::new();
         let mut limited = file.take(SNAPSHOT_LIMIT + 1);
-        limited.read_to_end(&mut data).map_err(|e| Error::io(path, "cannot read", e))?;
+        limited
+            .read_to_end(&mut data)
+            .map_err(|e| Error::io(path, "cannot read", e))?;
         if data.len() as u64 > SNAPSHOT_LIMIT {
             return Err(Error::BadInput {
                 path: path.to_path_buf(),
@@ -187,9 +202,10 @@ impl SourceFile {
     pub fn unmappable_reason(&self) -> Option<String> {
         match &self.content {
             Content::File => None,
-            Content::Snapshot { fs, .. } => {
-                Some(format!("{} is a pseudo-file on {fs}; its bytes exist only when read", self.path.display()))
-            }
+            Content::Snapshot { fs, .. } => Some(format!(
+                "{} is a pseudo-file on {fs}; its bytes exist only when read",
+                self.path.display()
+            )),
         }
     }
 
@@ -231,7 +247,10 @@ impl SourceFile {
         if let Content::Snapshot { .. } = self.content {
             return Ok(()); // the snapshot cannot change
         }
-        let meta = self.file.metadata().map_err(|e| Error::io(&self.path, "cannot stat", e))?;
+        let meta = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io(&self.path, "cannot stat", e))?;
         let now = Identity::of(&meta);
         let what = if now.size < self.ident.size {
             format!("truncated from {} to {} bytes", self.ident.size, now.size)
@@ -242,6 +261,9 @@ impl SourceFile {
         } else {
             return Ok(());
         };
-        Err(Error::FileChanged { path: self.path.clone(), what })
+        Err(Error::FileChanged {
+            path: self.path.clone(),
+            what,
+        })
     }
 }

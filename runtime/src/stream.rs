@@ -161,12 +161,18 @@ pub struct Streamer {
 pub fn validate_config(gpu: &Gpu, cfg: &StreamConfig) -> Result<()> {
     let info = gpu.info();
     if cfg.chunk == 0 {
-        return Err(Error::Config { setting: "chunk", msg: "chunk size must be greater than 0".into() });
+        return Err(Error::Config {
+            setting: "chunk",
+            msg: "chunk size must be greater than 0".into(),
+        });
     }
     if cfg.chunk % PAGE_SIZE != 0 {
         return Err(Error::Config {
             setting: "chunk",
-            msg: format!("chunk size {} is not a multiple of the page size ({PAGE_SIZE} bytes)", cfg.chunk),
+            msg: format!(
+                "chunk size {} is not a multiple of the page size ({PAGE_SIZE} bytes)",
+                cfg.chunk
+            ),
         });
     }
     let max = info.max_chunk();
@@ -180,7 +186,10 @@ pub fn validate_config(gpu: &Gpu, cfg: &StreamConfig) -> Result<()> {
         });
     }
     if cfg.depth == 0 || cfg.depth > MAX_DEPTH {
-        return Err(Error::Config { setting: "depth", msg: format!("queue depth {} is out of range 1..={MAX_DEPTH}", cfg.depth) });
+        return Err(Error::Config {
+            setting: "depth",
+            msg: format!("queue depth {} is out of range 1..={MAX_DEPTH}", cfg.depth),
+        });
     }
     if let Some(budget) = cfg.memory_budget {
         let need = memory_need(gpu, cfg);
@@ -199,7 +208,11 @@ pub fn validate_config(gpu: &Gpu, cfg: &StreamConfig) -> Result<()> {
 
 /// Upper bound of the bytes a stream holds in buffers and mappings.
 pub fn memory_need(gpu: &Gpu, cfg: &StreamConfig) -> u64 {
-    let copies = if gpu.info().host_visible_device_local && !cfg.force_staging { 1 } else { 2 };
+    let copies = if gpu.info().host_visible_device_local && !cfg.force_staging {
+        1
+    } else {
+        2
+    };
     cfg.depth as u64 * (cfg.chunk * copies + cfg.shader.output_bytes(cfg.chunk))
 }
 
@@ -228,25 +241,46 @@ impl Streamer {
         // SAFETY: valid create infos; every object is destroyed in Drop.
         s.cmd_pool = unsafe { d.create_command_pool(&pci, None) }.vk("vkCreateCommandPool")?;
         let depth = s.cfg.depth as u32;
-        let sizes = [vk::DescriptorPoolSize::default().ty(vk::DescriptorType::STORAGE_BUFFER).descriptor_count(3 * depth)];
-        let dci = vk::DescriptorPoolCreateInfo::default().max_sets(depth).pool_sizes(&sizes);
+        let sizes = [vk::DescriptorPoolSize::default()
+            .ty(vk::DescriptorType::STORAGE_BUFFER)
+            .descriptor_count(3 * depth)];
+        let dci = vk::DescriptorPoolCreateInfo::default()
+            .max_sets(depth)
+            .pool_sizes(&sizes);
         // SAFETY: as above.
-        s.desc_pool = unsafe { d.create_descriptor_pool(&dci, None) }.vk("vkCreateDescriptorPool")?;
-        let mut tci = vk::SemaphoreTypeCreateInfo::default().semaphore_type(vk::SemaphoreType::TIMELINE).initial_value(0);
+        s.desc_pool =
+            unsafe { d.create_descriptor_pool(&dci, None) }.vk("vkCreateDescriptorPool")?;
+        let mut tci = vk::SemaphoreTypeCreateInfo::default()
+            .semaphore_type(vk::SemaphoreType::TIMELINE)
+            .initial_value(0);
         let sci = vk::SemaphoreCreateInfo::default().push_next(&mut tci);
         // SAFETY: as above.
-        s.timeline = unsafe { d.create_semaphore(&sci, None) }.vk("vkCreateSemaphore (timeline)")?;
-        let cai = vk::CommandBufferAllocateInfo::default().command_pool(s.cmd_pool).level(vk::CommandBufferLevel::PRIMARY).command_buffer_count(depth);
+        s.timeline =
+            unsafe { d.create_semaphore(&sci, None) }.vk("vkCreateSemaphore (timeline)")?;
+        let cai = vk::CommandBufferAllocateInfo::default()
+            .command_pool(s.cmd_pool)
+            .level(vk::CommandBufferLevel::PRIMARY)
+            .command_buffer_count(depth);
         // SAFETY: pool is valid; buffers are freed with the pool.
         let cmds = unsafe { d.allocate_command_buffers(&cai) }.vk("vkAllocateCommandBuffers")?;
         let layouts = vec![kernels.set_layout; depth as usize];
-        let dai = vk::DescriptorSetAllocateInfo::default().descriptor_pool(s.desc_pool).set_layouts(&layouts);
+        let dai = vk::DescriptorSetAllocateInfo::default()
+            .descriptor_pool(s.desc_pool)
+            .set_layouts(&layouts);
         // SAFETY: pool sized for `depth` sets; freed with the pool.
         let sets = unsafe { d.allocate_descriptor_sets(&dai) }.vk("vkAllocateDescriptorSets")?;
         let out_bytes = s.cfg.shader.output_bytes(s.cfg.chunk);
         for (cmd, set) in cmds.into_iter().zip(sets) {
             let out = Buffer::allocate(dev, out_bytes, Placement::Readback)?;
-            s.slots.push(Slot { cmd, set, out, staging: None, device_copy: None, input: None, pending: None });
+            s.slots.push(Slot {
+                cmd,
+                set,
+                out,
+                staging: None,
+                device_copy: None,
+                input: None,
+                pending: None,
+            });
         }
         s.kernels = Some(kernels);
         s.setup_s = t.elapsed().as_secs_f64();
@@ -259,7 +293,11 @@ impl Streamer {
 
     /// Streams `paths` in order (as one stream: `result` is over their
     /// concatenation, see docs/cli.md) and reports.
-    pub fn run(&mut self, paths: &[impl AsRef<Path>], progress: &mut dyn FnMut(u64, u64)) -> Result<StreamReport> {
+    pub fn run(
+        &mut self,
+        paths: &[impl AsRef<Path>],
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<StreamReport> {
         let t0 = Instant::now();
         let mut files = Vec::with_capacity(paths.len());
         for p in paths {
@@ -299,7 +337,12 @@ impl Streamer {
     }
 
     /// Picks the path for one file, recording what `auto` skipped.
-    fn choose(&self, f: &SourceFile, lease: &mut Option<ReadLease>, fallbacks: &mut Vec<Fallback>) -> Result<PathKind> {
+    fn choose(
+        &self,
+        f: &SourceFile,
+        lease: &mut Option<ReadLease>,
+        fallbacks: &mut Vec<Fallback>,
+    ) -> Result<PathKind> {
         let mut file_reason = |k: PathKind| -> Option<Unavailable> {
             if k == PathKind::Host {
                 if let Some(r) = f.unmappable_reason() {
@@ -312,9 +355,15 @@ impl Streamer {
                     Ok(l) => *lease = Some(l),
                     Err(e) => {
                         let why = match e.raw_os_error() {
-                            Some(nix::libc::EAGAIN) => "it is open for writing elsewhere".to_string(),
-                            Some(nix::libc::EACCES) => "only its owner (or CAP_LEASE) may lease it".to_string(),
-                            Some(nix::libc::EINVAL) => "its filesystem does not support leases".to_string(),
+                            Some(nix::libc::EAGAIN) => {
+                                "it is open for writing elsewhere".to_string()
+                            }
+                            Some(nix::libc::EACCES) => {
+                                "only its owner (or CAP_LEASE) may lease it".to_string()
+                            }
+                            Some(nix::libc::EINVAL) => {
+                                "its filesystem does not support leases".to_string()
+                            }
                             _ => e.to_string(),
                         };
                         return Some(Unavailable::new(
@@ -361,7 +410,10 @@ impl Streamer {
                     }
                 }
                 // Upload is always available, so this is unreachable in practice.
-                Err(Error::Config { setting: "path", msg: "no path can stream this file".into() })
+                Err(Error::Config {
+                    setting: "path",
+                    msg: "no path can stream this file".into(),
+                })
             }
         }
     }
@@ -379,7 +431,10 @@ impl Streamer {
         let mut st = RunState {
             accs: files.iter().map(|_| Accumulator::new(shader)).collect(),
             file_paths: files.iter().map(|_| BTreeMap::new()).collect(),
-            phases: Phases { setup: std::mem::take(&mut self.setup_s), ..Phases::default() },
+            phases: Phases {
+                setup: std::mem::take(&mut self.setup_s),
+                ..Phases::default()
+            },
             fallbacks: vec![],
             cpu_copied: 0,
             gpu_copied: 0,
@@ -400,8 +455,16 @@ impl Streamer {
                 let t = Instant::now();
                 match self.fill(s, f, off, n, path, &mut st) {
                     Ok(()) => {}
-                    Err(e) if self.cfg.path == PathChoice::Auto && path == PathKind::Host && !matches!(e, Error::FileChanged { .. }) => {
-                        let code = if matches!(e, Error::Io { .. }) { ReasonCode::NotMappable } else { ReasonCode::ImportFailed };
+                    Err(e)
+                        if self.cfg.path == PathChoice::Auto
+                            && path == PathKind::Host
+                            && !matches!(e, Error::FileChanged { .. }) =>
+                    {
+                        let code = if matches!(e, Error::Io { .. }) {
+                            ReasonCode::NotMappable
+                        } else {
+                            ReasonCode::ImportFailed
+                        };
                         st.fallbacks.push(Fallback {
                             from: PathKind::Host,
                             to: PathKind::Upload,
@@ -497,7 +560,15 @@ impl Streamer {
     }
 
     /// Makes `n` bytes of `f` at `off` shader-visible in slot `s`.
-    fn fill(&mut self, s: usize, f: &SourceFile, off: u64, n: u64, path: PathKind, st: &mut RunState) -> Result<()> {
+    fn fill(
+        &mut self,
+        s: usize,
+        f: &SourceFile,
+        off: u64,
+        n: u64,
+        path: PathKind,
+        st: &mut RunState,
+    ) -> Result<()> {
         let dev = self.gpu.shared.clone();
         let chunk = self.cfg.chunk;
         let slot = &mut self.slots[s];
@@ -507,63 +578,96 @@ impl Streamer {
                     slot.staging = Some(Buffer::allocate(&dev, chunk, Placement::Upload)?);
                 }
                 let staging = slot.staging.as_mut().expect("allocated above");
-                let bytes = staging.host_bytes_mut().ok_or_else(|| Error::DeviceUnsuitable {
-                    device: dev.info.name.clone(),
-                    what: "upload memory is not host-visible".into(),
-                })?;
+                let bytes = staging
+                    .host_bytes_mut()
+                    .ok_or_else(|| Error::DeviceUnsuitable {
+                        device: dev.info.name.clone(),
+                        what: "upload memory is not host-visible".into(),
+                    })?;
                 let dst = &mut bytes[..n as usize];
                 dst.par_chunks_mut(READ_PIECE)
                     .enumerate()
-                    .try_for_each(|(i, piece)| f.read_exact_at(piece, off + (i * READ_PIECE) as u64))?;
+                    .try_for_each(|(i, piece)| {
+                        f.read_exact_at(piece, off + (i * READ_PIECE) as u64)
+                    })?;
                 let padded = (n as usize).next_multiple_of(4);
                 bytes[n as usize..padded].fill(0);
                 st.cpu_copied += n;
-                if (!dev.info.host_visible_device_local || self.cfg.force_staging) && slot.device_copy.is_none() {
+                if (!dev.info.host_visible_device_local || self.cfg.force_staging)
+                    && slot.device_copy.is_none()
+                {
                     slot.device_copy = Some(Buffer::allocate(&dev, chunk, Placement::Device)?);
                 }
                 Ok(())
             }
             PathKind::Host => {
                 let align = dev.info.min_imported_host_pointer_alignment;
-                let map = HostMapping::map(f.fd(), off, n, align).map_err(|e| Error::io(f.path(), "cannot mmap", e))?;
+                let map = HostMapping::map(f.fd(), off, n, align)
+                    .map_err(|e| Error::io(f.path(), "cannot mmap", e))?;
                 slot.input = Some(Buffer::import_host(&dev, map)?);
                 Ok(())
             }
-            PathKind::Direct | PathKind::Heap => Err(self.gpu.unavailable(path).map(Error::from).unwrap_or_else(|| {
-                Error::Config { setting: "path", msg: format!("path {path} has no implementation") }
-            })),
+            PathKind::Direct | PathKind::Heap => Err(self
+                .gpu
+                .unavailable(path)
+                .map(Error::from)
+                .unwrap_or_else(|| Error::Config {
+                    setting: "path",
+                    msg: format!("path {path} has no implementation"),
+                })),
         }
     }
 
     fn submit(&mut self, s: usize, file: usize, n: u64, st: &mut RunState) -> Result<()> {
         let dev = self.gpu.shared.clone();
         let d = &dev.device;
-        let kernels = self.kernels.as_ref().expect("kernels live as long as the streamer");
+        let kernels = self
+            .kernels
+            .as_ref()
+            .expect("kernels live as long as the streamer");
         let shader = self.cfg.shader;
         let slot = &mut self.slots[s];
         let padded = n.next_multiple_of(4);
         let cmd = slot.cmd;
-        let barrier = |src: vk::AccessFlags, dst: vk::AccessFlags, from: vk::PipelineStageFlags, to: vk::PipelineStageFlags| {
-            let mb = [vk::MemoryBarrier::default().src_access_mask(src).dst_access_mask(dst)];
+        let barrier = |src: vk::AccessFlags,
+                       dst: vk::AccessFlags,
+                       from: vk::PipelineStageFlags,
+                       to: vk::PipelineStageFlags| {
+            let mb = [vk::MemoryBarrier::default()
+                .src_access_mask(src)
+                .dst_access_mask(dst)];
             // SAFETY: recording into a command buffer in the recording state.
-            unsafe { d.cmd_pipeline_barrier(cmd, from, to, vk::DependencyFlags::empty(), &mb, &[], &[]) };
+            unsafe {
+                d.cmd_pipeline_barrier(cmd, from, to, vk::DependencyFlags::empty(), &mb, &[], &[])
+            };
         };
         // SAFETY: the slot is idle (complete() waited for its last use), so
         // its command buffer and descriptor set may be reset and rewritten.
         unsafe {
-            d.reset_command_buffer(cmd, vk::CommandBufferResetFlags::empty()).vk("vkResetCommandBuffer")?;
-            let bi = vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
-            d.begin_command_buffer(cmd, &bi).vk("vkBeginCommandBuffer")?;
+            d.reset_command_buffer(cmd, vk::CommandBufferResetFlags::empty())
+                .vk("vkResetCommandBuffer")?;
+            let bi = vk::CommandBufferBeginInfo::default()
+                .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
+            d.begin_command_buffer(cmd, &bi)
+                .vk("vkBeginCommandBuffer")?;
         }
         let input = if let Some(b) = &slot.input {
             b.buffer
         } else {
-            let staging = slot.staging.as_ref().expect("upload fill allocates staging");
+            let staging = slot
+                .staging
+                .as_ref()
+                .expect("upload fill allocates staging");
             if let Some(dc) = &slot.device_copy {
                 let region = [vk::BufferCopy::default().size(padded)];
                 // SAFETY: both buffers hold at least `padded` bytes.
                 unsafe { d.cmd_copy_buffer(cmd, staging.buffer, dc.buffer, &region) };
-                barrier(vk::AccessFlags::TRANSFER_WRITE, vk::AccessFlags::SHADER_READ, vk::PipelineStageFlags::TRANSFER, vk::PipelineStageFlags::COMPUTE_SHADER);
+                barrier(
+                    vk::AccessFlags::TRANSFER_WRITE,
+                    vk::AccessFlags::SHADER_READ,
+                    vk::PipelineStageFlags::TRANSFER,
+                    vk::PipelineStageFlags::COMPUTE_SHADER,
+                );
                 st.gpu_copied += padded;
                 dc.buffer
             } else {
@@ -573,9 +677,18 @@ impl Streamer {
         if let Some(pipeline) = kernels.pipeline(shader) {
             let out_bytes = shader.output_bytes(n);
             let infos = [
-                vk::DescriptorBufferInfo::default().buffer(input).offset(0).range(padded),
-                vk::DescriptorBufferInfo::default().buffer(slot.out.buffer).offset(0).range(out_bytes),
-                vk::DescriptorBufferInfo::default().buffer(kernels.tables.buffer).offset(0).range(4096),
+                vk::DescriptorBufferInfo::default()
+                    .buffer(input)
+                    .offset(0)
+                    .range(padded),
+                vk::DescriptorBufferInfo::default()
+                    .buffer(slot.out.buffer)
+                    .offset(0)
+                    .range(out_bytes),
+                vk::DescriptorBufferInfo::default()
+                    .buffer(kernels.tables.buffer)
+                    .offset(0)
+                    .range(4096),
             ];
             let writes: Vec<_> = (0..3)
                 .map(|i| {
@@ -591,16 +704,39 @@ impl Streamer {
             if shader == ShaderKind::Histogram {
                 // SAFETY: recording; the output buffer holds 1 KiB.
                 unsafe { d.cmd_fill_buffer(cmd, slot.out.buffer, 0, 1024, 0) };
-                barrier(vk::AccessFlags::TRANSFER_WRITE, vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE, vk::PipelineStageFlags::TRANSFER, vk::PipelineStageFlags::COMPUTE_SHADER);
+                barrier(
+                    vk::AccessFlags::TRANSFER_WRITE,
+                    vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE,
+                    vk::PipelineStageFlags::TRANSFER,
+                    vk::PipelineStageFlags::COMPUTE_SHADER,
+                );
             }
             // SAFETY: recording with a pipeline and set of the same layout.
             unsafe {
                 d.cmd_bind_pipeline(cmd, vk::PipelineBindPoint::COMPUTE, pipeline);
-                d.cmd_bind_descriptor_sets(cmd, vk::PipelineBindPoint::COMPUTE, kernels.layout, 0, &[slot.set], &[]);
-                d.cmd_push_constants(cmd, kernels.layout, vk::ShaderStageFlags::COMPUTE, 0, &(n as u32).to_ne_bytes());
+                d.cmd_bind_descriptor_sets(
+                    cmd,
+                    vk::PipelineBindPoint::COMPUTE,
+                    kernels.layout,
+                    0,
+                    &[slot.set],
+                    &[],
+                );
+                d.cmd_push_constants(
+                    cmd,
+                    kernels.layout,
+                    vk::ShaderStageFlags::COMPUTE,
+                    0,
+                    &(n as u32).to_ne_bytes(),
+                );
                 d.cmd_dispatch(cmd, Kernels::groups(n), 1, 1);
             }
-            barrier(vk::AccessFlags::SHADER_WRITE, vk::AccessFlags::HOST_READ, vk::PipelineStageFlags::COMPUTE_SHADER, vk::PipelineStageFlags::HOST);
+            barrier(
+                vk::AccessFlags::SHADER_WRITE,
+                vk::AccessFlags::HOST_READ,
+                vk::PipelineStageFlags::COMPUTE_SHADER,
+                vk::PipelineStageFlags::HOST,
+            );
         }
         self.next_value += 1;
         let value = self.next_value;
@@ -608,35 +744,61 @@ impl Streamer {
         let sems = [self.timeline];
         let cmds = [cmd];
         let mut tsi = vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&signal);
-        let si = [vk::SubmitInfo::default().command_buffers(&cmds).signal_semaphores(&sems).push_next(&mut tsi)];
+        let si = [vk::SubmitInfo::default()
+            .command_buffers(&cmds)
+            .signal_semaphores(&sems)
+            .push_next(&mut tsi)];
         {
-            let q = dev.queue.lock().map_err(|_| Error::NoVulkan("queue lock poisoned".into()))?;
+            let q = dev
+                .queue
+                .lock()
+                .map_err(|_| Error::NoVulkan("queue lock poisoned".into()))?;
             // SAFETY: recorded command buffer; queue access serialised by the lock.
             unsafe {
                 d.end_command_buffer(cmd).vk("vkEndCommandBuffer")?;
-                d.queue_submit(*q, &si, vk::Fence::null()).vk("vkQueueSubmit")?;
+                d.queue_submit(*q, &si, vk::Fence::null())
+                    .vk("vkQueueSubmit")?;
             }
         }
-        slot.pending = Some(Pending { value, file, len: n });
+        slot.pending = Some(Pending {
+            value,
+            file,
+            len: n,
+        });
         st.in_flight += n;
         st.peak_in_flight = st.peak_in_flight.max(st.in_flight);
         Ok(())
     }
 
     /// Waits for slot `s`'s last chunk, folds its result and frees its input.
-    fn complete(&mut self, s: usize, files: &[SourceFile], leases: &[Option<ReadLease>], st: &mut RunState) -> Result<()> {
-        let Some(p) = self.slots[s].pending.take() else { return Ok(()) };
+    fn complete(
+        &mut self,
+        s: usize,
+        files: &[SourceFile],
+        leases: &[Option<ReadLease>],
+        st: &mut RunState,
+    ) -> Result<()> {
+        let Some(p) = self.slots[s].pending.take() else {
+            return Ok(());
+        };
         let d = &self.gpu.shared.device;
         let t = Instant::now();
         let sems = [self.timeline];
         let vals = [p.value];
-        let wi = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&vals);
+        let wi = vk::SemaphoreWaitInfo::default()
+            .semaphores(&sems)
+            .values(&vals);
         loop {
             // SAFETY: waiting on our own timeline semaphore.
             match unsafe { d.wait_semaphores(&wi, Duration::from_secs(1).as_nanos() as u64) } {
                 Ok(()) => break,
                 Err(vk::Result::TIMEOUT) => continue,
-                Err(e) => return Err(Error::Vulkan { call: "vkWaitSemaphores", result: e }),
+                Err(e) => {
+                    return Err(Error::Vulkan {
+                        call: "vkWaitSemaphores",
+                        result: e,
+                    })
+                }
             }
         }
         st.phases.wait += t.elapsed().as_secs_f64();
@@ -656,10 +818,13 @@ impl Streamer {
         let t = Instant::now();
         let shader = self.cfg.shader;
         let words = (shader.output_bytes(p.len) / 4) as usize;
-        let out = slot.out.host_words(words).ok_or_else(|| Error::DeviceUnsuitable {
-            device: self.gpu.info().name.clone(),
-            what: "readback memory is not host-visible".into(),
-        })?;
+        let out = slot
+            .out
+            .host_words(words)
+            .ok_or_else(|| Error::DeviceUnsuitable {
+                device: self.gpu.info().name.clone(),
+                what: "readback memory is not host-visible".into(),
+            })?;
         st.accs[p.file].fold_gpu(p.len, out);
         st.phases.fold += t.elapsed().as_secs_f64();
         f.check_unchanged()

@@ -5,7 +5,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use dmafile::cpu;
-use dmafile::{Error, Gpu, PathChoice, PathKind, ReasonCode, ShaderKind, ShaderResult, StreamConfig, Streamer};
+use dmafile::{
+    Error, Gpu, PathChoice, PathKind, ReasonCode, ShaderKind, ShaderResult, StreamConfig, Streamer,
+};
 
 fn data(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -53,7 +55,11 @@ fn gpu() -> Gpu {
 }
 
 fn available_paths(g: &Gpu) -> Vec<PathKind> {
-    g.path_availability().into_iter().filter(|p| p.available).map(|p| p.path).collect()
+    g.path_availability()
+        .into_iter()
+        .filter(|p| p.available)
+        .map(|p| p.path)
+        .collect()
 }
 
 const CHUNK: u64 = 64 << 10;
@@ -62,14 +68,37 @@ const CHUNK: u64 = 64 << 10;
 fn shaders_match_cpu_on_odd_sizes_for_every_path() {
     let g = gpu();
     let dir = TempDir::new("sizes");
-    let sizes = [0usize, 1, 2, 3, 4, 5, 4095, 4096, 4097, 8191, 65_536, 3 * CHUNK as usize + 4097, 5 * CHUNK as usize + 3];
+    let sizes = [
+        0usize,
+        1,
+        2,
+        3,
+        4,
+        5,
+        4095,
+        4096,
+        4097,
+        8191,
+        65_536,
+        3 * CHUNK as usize + 4097,
+        5 * CHUNK as usize + 3,
+    ];
     let paths = available_paths(&g);
-    assert!(paths.contains(&PathKind::Upload) && paths.contains(&PathKind::Host), "lavapipe has host and upload: {paths:?}");
+    assert!(
+        paths.contains(&PathKind::Upload) && paths.contains(&PathKind::Host),
+        "lavapipe has host and upload: {paths:?}"
+    );
     for kind in [ShaderKind::Crc32c, ShaderKind::Sum64, ShaderKind::Histogram] {
         let mut streamers: Vec<(PathKind, Streamer)> = paths
             .iter()
             .map(|&p| {
-                let cfg = StreamConfig { path: PathChoice::Only(p), chunk: CHUNK, depth: 2, shader: kind, ..Default::default() };
+                let cfg = StreamConfig {
+                    path: PathChoice::Only(p),
+                    chunk: CHUNK,
+                    depth: 2,
+                    shader: kind,
+                    ..Default::default()
+                };
                 (p, Streamer::new(&g, cfg).unwrap())
             })
             .collect();
@@ -82,12 +111,19 @@ fn shaders_match_cpu_on_odd_sizes_for_every_path() {
                 let r = s.run(&[&f], &mut |_, _| {}).unwrap();
                 assert_eq!(r.result, want, "{kind} over {n} bytes via {p}");
                 assert_eq!(r.bytes, n as u64);
-                assert_eq!(r.paths.get(p).copied().unwrap_or(0), n as u64, "{p} carried the bytes");
+                assert_eq!(
+                    r.paths.get(p).copied().unwrap_or(0),
+                    n as u64,
+                    "{p} carried the bytes"
+                );
                 let copied = if *p == PathKind::Upload { n as u64 } else { 0 };
                 assert_eq!(r.cpu_copied_bytes, copied, "cpu copies via {p}");
                 results.push(r.result);
             }
-            assert!(results.windows(2).all(|w| w[0] == w[1]), "paths disagree on {n} bytes");
+            assert!(
+                results.windows(2).all(|w| w[0] == w[1]),
+                "paths disagree on {n} bytes"
+            );
         }
     }
 }
@@ -102,8 +138,17 @@ fn several_files_are_one_stream() {
     let files = [dir.file("a", &a), dir.file("b", &b), dir.file("c", &c)];
     let whole = [a.clone(), b.clone(), c.clone()].concat();
     for kind in [ShaderKind::Crc32c, ShaderKind::Histogram, ShaderKind::Sum64] {
-        let cfg = StreamConfig { chunk: CHUNK, depth: 3, shader: kind, verify: true, ..Default::default() };
-        let r = Streamer::new(&g, cfg).unwrap().run(&files, &mut |_, _| {}).unwrap();
+        let cfg = StreamConfig {
+            chunk: CHUNK,
+            depth: 3,
+            shader: kind,
+            verify: true,
+            ..Default::default()
+        };
+        let r = Streamer::new(&g, cfg)
+            .unwrap()
+            .run(&files, &mut |_, _| {})
+            .unwrap();
         assert_eq!(r.verified, Some(true));
         for (fr, d) in r.files.iter().zip([&a, &b, &c]) {
             assert_eq!(fr.result, expected(kind, d), "{kind} per file");
@@ -111,7 +156,9 @@ fn several_files_are_one_stream() {
         let want = match kind {
             // sum64 of several files: the sum of each file's (zero-padded) sum.
             ShaderKind::Sum64 => Some(ShaderResult::Sum64(
-                cpu::sum64(&a).wrapping_add(cpu::sum64(&b)).wrapping_add(cpu::sum64(&c)),
+                cpu::sum64(&a)
+                    .wrapping_add(cpu::sum64(&b))
+                    .wrapping_add(cpu::sum64(&c)),
             )),
             k => expected(k, &whole),
         };
@@ -124,15 +171,25 @@ fn auto_picks_the_best_available_path_and_says_why() {
     let g = gpu();
     let dir = TempDir::new("auto");
     let f = dir.file("f", &data(100_000, 3));
-    let cfg = StreamConfig { chunk: CHUNK, ..Default::default() };
-    let r = Streamer::new(&g, cfg.clone()).unwrap().run(&[&f], &mut |_, _| {}).unwrap();
+    let cfg = StreamConfig {
+        chunk: CHUNK,
+        ..Default::default()
+    };
+    let r = Streamer::new(&g, cfg.clone())
+        .unwrap()
+        .run(&[&f], &mut |_, _| {})
+        .unwrap();
     let avail = available_paths(&g);
     let best = avail[0];
     assert_eq!(r.paths.keys().copied().collect::<Vec<_>>(), vec![best]);
     // Every faster path is in the fallbacks, with the reason the machine gave.
     for p in PathKind::ALL.iter().take_while(|&&p| p != best) {
         let u = g.unavailable(*p).expect("faster paths are unavailable");
-        let fb = r.fallbacks.iter().find(|fb| fb.from == *p).unwrap_or_else(|| panic!("no fallback from {p}: {:?}", r.fallbacks));
+        let fb = r
+            .fallbacks
+            .iter()
+            .find(|fb| fb.from == *p)
+            .unwrap_or_else(|| panic!("no fallback from {p}: {:?}", r.fallbacks));
         assert_eq!((fb.to, fb.code, &fb.reason), (best, u.code, &u.reason));
     }
     if !std::path::Path::new("/dev/dmafile").exists() {
@@ -140,23 +197,40 @@ fn auto_picks_the_best_available_path_and_says_why() {
     }
 
     // A pseudo-file cannot be mapped: auto says so and uploads a snapshot.
-    let r = Streamer::new(&g, StreamConfig { verify: true, ..cfg.clone() })
-        .unwrap()
-        .run(&["/proc/self/mountinfo"], &mut |_, _| {})
-        .unwrap();
+    let r = Streamer::new(
+        &g,
+        StreamConfig {
+            verify: true,
+            ..cfg.clone()
+        },
+    )
+    .unwrap()
+    .run(&["/proc/self/mountinfo"], &mut |_, _| {})
+    .unwrap();
     assert_eq!(r.verified, Some(true));
     assert!(r.bytes > 0, "procfs content was read");
-    assert_eq!(r.paths.keys().copied().collect::<Vec<_>>(), vec![PathKind::Upload]);
-    assert!(r.fallbacks.iter().any(|f| f.from == PathKind::Host && f.code == ReasonCode::NotMappable && f.file.is_some()));
+    assert_eq!(
+        r.paths.keys().copied().collect::<Vec<_>>(),
+        vec![PathKind::Upload]
+    );
+    assert!(r.fallbacks.iter().any(|f| f.from == PathKind::Host
+        && f.code == ReasonCode::NotMappable
+        && f.file.is_some()));
     assert_eq!(r.files[0].snapshot_of, Some("procfs"));
 
     // Asking for an unavailable path is an error that carries the reason.
     for p in PathKind::ALL {
         if let Some(u) = g.unavailable(p) {
-            let e = Streamer::new(&g, StreamConfig { path: PathChoice::Only(p), ..cfg.clone() })
-                .unwrap()
-                .run(&[&f], &mut |_, _| {})
-                .unwrap_err();
+            let e = Streamer::new(
+                &g,
+                StreamConfig {
+                    path: PathChoice::Only(p),
+                    ..cfg.clone()
+                },
+            )
+            .unwrap()
+            .run(&[&f], &mut |_, _| {})
+            .unwrap_err();
             assert_eq!(e.unavailable(), Some(&u), "{p}");
         }
     }
@@ -167,12 +241,48 @@ fn bad_configurations_name_the_setting() {
     let g = gpu();
     let max = g.info().max_chunk();
     let cases = [
-        (StreamConfig { chunk: 0, ..Default::default() }, "chunk"),
-        (StreamConfig { chunk: 4097, ..Default::default() }, "chunk"),
-        (StreamConfig { chunk: max + 4096, ..Default::default() }, "chunk"),
-        (StreamConfig { depth: 0, ..Default::default() }, "depth"),
-        (StreamConfig { depth: 1000, ..Default::default() }, "depth"),
-        (StreamConfig { memory_budget: Some(1 << 20), ..Default::default() }, "memory_budget"),
+        (
+            StreamConfig {
+                chunk: 0,
+                ..Default::default()
+            },
+            "chunk",
+        ),
+        (
+            StreamConfig {
+                chunk: 4097,
+                ..Default::default()
+            },
+            "chunk",
+        ),
+        (
+            StreamConfig {
+                chunk: max + 4096,
+                ..Default::default()
+            },
+            "chunk",
+        ),
+        (
+            StreamConfig {
+                depth: 0,
+                ..Default::default()
+            },
+            "depth",
+        ),
+        (
+            StreamConfig {
+                depth: 1000,
+                ..Default::default()
+            },
+            "depth",
+        ),
+        (
+            StreamConfig {
+                memory_budget: Some(1 << 20),
+                ..Default::default()
+            },
+            "memory_budget",
+        ),
     ];
     for (cfg, want) in cases {
         match Streamer::new(&g, cfg) {
@@ -200,10 +310,17 @@ fn stream_larger_than_the_memory_budget() {
             verify: false,
             force_staging: false,
         };
-        let r = Streamer::new(&g, cfg).unwrap().run(&[&f], &mut |_, _| {}).unwrap();
+        let r = Streamer::new(&g, cfg)
+            .unwrap()
+            .run(&[&f], &mut |_, _| {})
+            .unwrap();
         assert_eq!(r.result, Some(ShaderResult::Crc32c(cpu::crc32c(&d))));
         assert!(r.bytes >= 8 * budget);
-        assert!(r.peak_in_flight_bytes <= 2 * (128 << 10), "{p}: {} in flight", r.peak_in_flight_bytes);
+        assert!(
+            r.peak_in_flight_bytes <= 2 * (128 << 10),
+            "{p}: {} in flight",
+            r.peak_in_flight_bytes
+        );
     }
 }
 
@@ -213,7 +330,13 @@ fn stream_while(path: PathKind, change: &dyn Fn(&Path)) -> dmafile::Result<dmafi
     let g = gpu();
     let dir = TempDir::new(&format!("change-{path}"));
     let f = dir.file("f", &data(2 << 20, 5));
-    let cfg = StreamConfig { path: PathChoice::Only(path), chunk: CHUNK, depth: 2, verify: true, ..Default::default() };
+    let cfg = StreamConfig {
+        path: PathChoice::Only(path),
+        chunk: CHUNK,
+        depth: 2,
+        verify: true,
+        ..Default::default()
+    };
     let mut s = Streamer::new(&g, cfg).unwrap();
     let mut calls = 0;
     let r = s.run(&[&f], &mut |_, _| {
@@ -232,7 +355,9 @@ fn stream_while(path: PathKind, change: &dyn Fn(&Path)) -> dmafile::Result<dmafi
 
 fn assert_changed(r: dmafile::Result<dmafile::StreamReport>, what: &str) {
     match r {
-        Err(Error::FileChanged { what: w, .. }) => assert!(w.contains(what), "{w:?} should mention {what:?}"),
+        Err(Error::FileChanged { what: w, .. }) => {
+            assert!(w.contains(what), "{w:?} should mention {what:?}")
+        }
         Err(e) => panic!("expected a change error, got {e}"),
         Ok(r) => panic!("a changed file streamed without error: {:?}", r.result),
     }
@@ -243,18 +368,37 @@ fn truncation_growth_and_rewrites_while_streaming_are_errors() {
     // Upload: preads see the change (short read, size or ctime moved).
     let p = PathKind::Upload;
     assert_changed(
-        stream_while(p, &|f| std::fs::OpenOptions::new().write(true).open(f).unwrap().set_len(100_000).unwrap()),
+        stream_while(p, &|f| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(f)
+                .unwrap()
+                .set_len(100_000)
+                .unwrap()
+        }),
         "truncated",
     );
     assert_changed(
-        stream_while(p, &|f| std::fs::OpenOptions::new().append(true).open(f).unwrap().write_all(b"more").unwrap()),
+        stream_while(p, &|f| {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(f)
+                .unwrap()
+                .write_all(b"more")
+                .unwrap()
+        }),
         "grew",
     );
     assert_changed(
         stream_while(p, &|f| {
             use std::os::unix::fs::FileExt;
             std::thread::sleep(std::time::Duration::from_millis(20)); // let the clock tick
-            std::fs::OpenOptions::new().write(true).open(f).unwrap().write_at(b"X", 12345).unwrap();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(f)
+                .unwrap()
+                .write_at(b"X", 12345)
+                .unwrap();
         }),
         "modified",
     );
@@ -285,15 +429,34 @@ fn host_path_needs_a_lease() {
     let d = data(300_000, 12);
     let f = dir.file("f", &d);
     let _writer = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
-    let e = Streamer::new(&g, StreamConfig { path: PathChoice::Only(PathKind::Host), ..Default::default() })
+    let e = Streamer::new(
+        &g,
+        StreamConfig {
+            path: PathChoice::Only(PathKind::Host),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .run(&[&f], &mut |_, _| {})
+    .unwrap_err();
+    assert_eq!(
+        e.unavailable().map(|u| u.code),
+        Some(ReasonCode::NoLease),
+        "{e}"
+    );
+    let r = Streamer::new(&g, StreamConfig::default())
         .unwrap()
         .run(&[&f], &mut |_, _| {})
-        .unwrap_err();
-    assert_eq!(e.unavailable().map(|u| u.code), Some(ReasonCode::NoLease), "{e}");
-    let r = Streamer::new(&g, StreamConfig::default()).unwrap().run(&[&f], &mut |_, _| {}).unwrap();
+        .unwrap();
     assert_eq!(r.result, Some(ShaderResult::Crc32c(cpu::crc32c(&d))));
-    assert!(r.fallbacks.iter().any(|fb| fb.from == PathKind::Host && fb.code == ReasonCode::NoLease));
-    assert_eq!(r.paths.keys().copied().collect::<Vec<_>>(), vec![PathKind::Upload]);
+    assert!(r
+        .fallbacks
+        .iter()
+        .any(|fb| fb.from == PathKind::Host && fb.code == ReasonCode::NoLease));
+    assert_eq!(
+        r.paths.keys().copied().collect::<Vec<_>>(),
+        vec![PathKind::Upload]
+    );
 }
 
 #[test]
@@ -312,7 +475,10 @@ fn staging_copy_path_matches() {
             force_staging: true,
             ..Default::default()
         };
-        let r = Streamer::new(&g, cfg).unwrap().run(&[&f], &mut |_, _| {}).unwrap();
+        let r = Streamer::new(&g, cfg)
+            .unwrap()
+            .run(&[&f], &mut |_, _| {})
+            .unwrap();
         assert_eq!(r.result, expected(kind, &d), "{kind}");
         assert_eq!(r.cpu_copied_bytes, d.len() as u64);
         assert_eq!(r.gpu_copied_bytes, (d.len() as u64).next_multiple_of(4));

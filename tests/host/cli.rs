@@ -13,7 +13,11 @@ fn bin() -> &'static str {
 }
 
 fn dmafile(args: &[&str]) -> Output {
-    Command::new(bin()).args(args).env("DMAFILE_NO_PROGRESS", "1").output().expect("run dmafile")
+    Command::new(bin())
+        .args(args)
+        .env("DMAFILE_NO_PROGRESS", "1")
+        .output()
+        .expect("run dmafile")
 }
 
 struct TempDir(PathBuf);
@@ -52,7 +56,11 @@ fn data(n: usize, seed: u64) -> Vec<u8> {
 }
 
 fn json_of(o: &Output) -> Value {
-    assert!(o.status.success(), "dmafile failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "dmafile failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     serde_json::from_slice(&o.stdout).expect("stdout is one JSON object")
 }
 
@@ -62,8 +70,15 @@ fn assert_refused(args: &[&str], needle: &str) {
     let o = dmafile(args);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{args:?}: stderr {err}");
-    assert!(o.stdout.is_empty(), "{args:?} wrote to stdout: {}", String::from_utf8_lossy(&o.stdout));
-    assert!(err.contains(needle), "{args:?}: stderr {err:?} should mention {needle:?}");
+    assert!(
+        o.stdout.is_empty(),
+        "{args:?} wrote to stdout: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(
+        err.contains(needle),
+        "{args:?}: stderr {err:?} should mention {needle:?}"
+    );
 }
 
 #[test]
@@ -73,31 +88,55 @@ fn json_has_the_documented_fields() {
     let f = dir.file("f", &d);
     let fs = f.to_str().unwrap();
     let crc = dmafile::cpu::crc32c(&d);
-    let v = json_of(&dmafile(&["stream", fs, "--chunk", "64K", "--verify", "--json"]));
+    let v = json_of(&dmafile(&[
+        "stream", fs, "--chunk", "64K", "--verify", "--json",
+    ]));
     assert_eq!(v["bytes"], d.len() as u64);
     assert!(v["seconds"].as_f64().unwrap() > 0.0);
     assert_eq!(v["shader"], "crc32c");
     assert_eq!(v["result"], format!("0x{crc:08x}"));
     assert_eq!(v["verified"], true);
     let paths = v["paths"].as_object().unwrap();
-    assert_eq!(paths.values().map(|b| b.as_u64().unwrap()).sum::<u64>(), d.len() as u64);
+    assert_eq!(
+        paths.values().map(|b| b.as_u64().unwrap()).sum::<u64>(),
+        d.len() as u64
+    );
     assert!(v["cpu_copied_bytes"].is_u64());
     for fb in v["fallbacks"].as_array().unwrap() {
-        assert!(fb["from"].is_string() && fb["reason"].is_string() && fb["code"].is_string(), "{fb}");
+        assert!(
+            fb["from"].is_string() && fb["reason"].is_string() && fb["code"].is_string(),
+            "{fb}"
+        );
     }
     // Without --verify, verified is null; sum64 is a decimal string; histogram 256 numbers.
     let v = json_of(&dmafile(&["stream", fs, "--shader", "sum64", "--json"]));
     assert_eq!(v["verified"], Value::Null);
     assert_eq!(v["result"], dmafile::cpu::sum64(&d).to_string());
-    let v = json_of(&dmafile(&["stream", fs, "--shader", "histogram", "--path", "upload", "--json"]));
-    let h: Vec<u64> = v["result"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    let v = json_of(&dmafile(&[
+        "stream",
+        fs,
+        "--shader",
+        "histogram",
+        "--path",
+        "upload",
+        "--json",
+    ]));
+    let h: Vec<u64> = v["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
     assert_eq!(h, dmafile::cpu::histogram(&d).to_vec());
     assert_eq!(v["cpu_copied_bytes"], d.len() as u64);
     assert_eq!(v["paths"]["upload"], d.len() as u64);
     // The human summary carries the same facts.
     let o = dmafile(&["stream", fs, "--verify"]);
     let s = String::from_utf8_lossy(&o.stdout);
-    assert!(s.contains(&format!("0x{crc:08x}")) && s.contains("verified:     yes"), "{s}");
+    assert!(
+        s.contains(&format!("0x{crc:08x}")) && s.contains("verified:     yes"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -114,9 +153,22 @@ fn auto_reports_its_choice_and_fallbacks() {
         .map(|p| p["path"].as_str().unwrap())
         .collect();
     let best = avail[0];
-    assert_eq!(v["paths"].as_object().unwrap().keys().collect::<Vec<_>>(), vec![best]);
-    for p in info["paths"].as_array().unwrap().iter().take_while(|p| p["path"] != best) {
-        let fb = v["fallbacks"].as_array().unwrap().iter().find(|fb| fb["from"] == p["path"]).expect("fallback recorded");
+    assert_eq!(
+        v["paths"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        vec![best]
+    );
+    for p in info["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take_while(|p| p["path"] != best)
+    {
+        let fb = v["fallbacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|fb| fb["from"] == p["path"])
+            .expect("fallback recorded");
         assert_eq!(fb["reason"], p["reason"]);
         assert_eq!(fb["to"], best);
     }
@@ -127,14 +179,20 @@ fn bad_input_is_refused_clearly() {
     let dir = TempDir::new("bad");
     let f = dir.file("f", &data(10_000, 3));
     let fs = f.to_str().unwrap();
-    assert_refused(&["stream", dir.path("missing").to_str().unwrap()], "no such file");
+    assert_refused(
+        &["stream", dir.path("missing").to_str().unwrap()],
+        "no such file",
+    );
     assert_refused(&["stream", dir.0.to_str().unwrap()], "is a directory");
     let fifo = dir.path("fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
     assert_refused(&["stream", fifo.to_str().unwrap()], "FIFO");
     assert_refused(&["stream", "/dev/null"], "character device");
     assert_refused(&["stream", fs, "--chunk", "0"], "--chunk");
-    assert_refused(&["stream", fs, "--chunk", "5000"], "multiple of the page size");
+    assert_refused(
+        &["stream", fs, "--chunk", "5000"],
+        "multiple of the page size",
+    );
     assert_refused(&["stream", fs, "--chunk", "64G"], "can bind at once");
     assert_refused(&["stream", fs, "--chunk", "lots"], "not a size");
     assert_refused(&["stream", fs, "--depth", "0"], "--depth");
@@ -142,14 +200,23 @@ fn bad_input_is_refused_clearly() {
     assert_refused(&["stream", fs, "--path", "sideways"], "unknown path");
     assert_refused(&["stream", fs, "--shader", "md5"], "unknown shader");
     if !Path::new("/dev/dmafile").exists() {
-        assert_refused(&["stream", fs, "--path", "direct"], "kernel module dmafile is not loaded");
+        assert_refused(
+            &["stream", fs, "--path", "direct"],
+            "kernel module dmafile is not loaded",
+        );
     }
     if !Path::new("/dev/dma_heap/system").exists() {
         assert_refused(&["stream", fs, "--path", "heap"], "dma-buf heap");
     }
-    assert_refused(&["stream", "/proc/self/status", "--path", "host"], "pseudo-file");
+    assert_refused(
+        &["stream", "/proc/self/status", "--path", "host"],
+        "pseudo-file",
+    );
     // One bad file among good ones: nothing is streamed, nothing printed.
-    assert_refused(&["stream", fs, dir.path("missing").to_str().unwrap()], "no such file");
+    assert_refused(
+        &["stream", fs, dir.path("missing").to_str().unwrap()],
+        "no such file",
+    );
 }
 
 #[test]
@@ -158,10 +225,12 @@ fn unreadable_file_is_refused() {
     let f = dir.file("secret", &data(5000, 4));
     std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
     let mut cmd = Command::new(bin());
-    cmd.args(["stream", f.to_str().unwrap()]).env("DMAFILE_NO_PROGRESS", "1");
+    cmd.args(["stream", f.to_str().unwrap()])
+        .env("DMAFILE_NO_PROGRESS", "1");
     if nix::unistd::geteuid().is_root() {
         // Root reads anything: run as nobody, who may enter the directory only.
-        std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         cmd.uid(65534).gid(65534);
     }
     let o = cmd.output().unwrap();
@@ -173,7 +242,12 @@ fn unreadable_file_is_refused() {
 
 #[test]
 fn proc_files_are_streamed_from_a_snapshot() {
-    let v = json_of(&dmafile(&["stream", "/proc/self/mountinfo", "--verify", "--json"]));
+    let v = json_of(&dmafile(&[
+        "stream",
+        "/proc/self/mountinfo",
+        "--verify",
+        "--json",
+    ]));
     assert_eq!(v["verified"], true);
     assert!(v["bytes"].as_u64().unwrap() > 0);
     assert_eq!(v["files"][0]["snapshot_of"], "procfs");
@@ -189,7 +263,20 @@ fn truncate_during_stream(path: &str, shrink_to: u64) -> (Option<i32>, String, V
     let f = dir.file("f", &d);
     let fs = f.to_str().unwrap().to_string();
     let mut child = Command::new(bin())
-        .args(["stream", &fs, "--path", path, "--chunk", "256K", "--depth", "2", "--shader", "histogram", "--verify", "--json"])
+        .args([
+            "stream",
+            &fs,
+            "--path",
+            path,
+            "--chunk",
+            "256K",
+            "--depth",
+            "2",
+            "--shader",
+            "histogram",
+            "--verify",
+            "--json",
+        ])
         .env("DMAFILE_NO_PROGRESS", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -199,24 +286,53 @@ fn truncate_during_stream(path: &str, shrink_to: u64) -> (Option<i32>, String, V
     // GNU truncate opens with O_NONBLOCK: while dmafile holds a read lease it
     // gets EWOULDBLOCK (and the lease break starts); retry like a writer would.
     let mut tries = 0;
-    while !Command::new("truncate").args(["-s", &shrink_to.to_string(), &fs]).stderr(Stdio::null()).status().unwrap().success() {
+    while !Command::new("truncate")
+        .args(["-s", &shrink_to.to_string(), &fs])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+    {
         tries += 1;
         assert!(tries < 200, "truncate never got through");
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     let st = child.wait().unwrap();
     if st.success() {
         let v: Value = serde_json::from_str(&out).unwrap();
-        let h: Vec<u64> = v["result"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
-        assert_eq!(h, dmafile::cpu::histogram(&d).to_vec(), "a success must describe the original file");
+        let h: Vec<u64> = v["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            h,
+            dmafile::cpu::histogram(&d).to_vec(),
+            "a success must describe the original file"
+        );
     } else {
         assert!(out.is_empty(), "nothing on stdout after an error");
     }
-    assert_eq!(std::fs::metadata(&f).unwrap().len(), shrink_to, "the truncate went through");
+    assert_eq!(
+        std::fs::metadata(&f).unwrap().len(),
+        shrink_to,
+        "the truncate went through"
+    );
     (st.code(), err, d)
 }
 
@@ -230,7 +346,12 @@ fn truncation_by_another_process_is_reported() {
 }
 
 fn max_rss_kib(args: &[&str]) -> i64 {
-    let child = Command::new(bin()).args(args).env("DMAFILE_NO_PROGRESS", "1").stdout(Stdio::null()).spawn().unwrap();
+    let child = Command::new(bin())
+        .args(args)
+        .env("DMAFILE_NO_PROGRESS", "1")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     let pid = child.id() as i32;
     let mut status = 0;
     // SAFETY: a zeroed rusage is valid; wait4 fills it for our own child.
@@ -238,7 +359,10 @@ fn max_rss_kib(args: &[&str]) -> i64 {
     // SAFETY: pid is our child; status and ru are valid out-pointers.
     let r = unsafe { nix::libc::wait4(pid, &mut status, 0, &mut ru) };
     assert_eq!(r, pid);
-    assert!(nix::libc::WIFEXITED(status) && nix::libc::WEXITSTATUS(status) == 0, "{args:?} failed");
+    assert!(
+        nix::libc::WIFEXITED(status) && nix::libc::WEXITSTATUS(status) == 0,
+        "{args:?} failed"
+    );
     std::mem::forget(child); // reaped above
     ru.ru_maxrss
 }
@@ -250,14 +374,30 @@ fn memory_stays_bounded_whatever_the_file_size() {
     let big = dir.file("big", &data(256 << 20, 6));
     for path in ["host", "upload"] {
         let args = |f: &Path| {
-            vec!["stream".to_string(), f.to_str().unwrap().into(), "--path".into(), path.into(), "--chunk".into(), "1M".into(), "--depth".into(), "2".into(), "--shader".into(), "sum64".into(), "--memory-budget".into(), "4M".into()]
+            vec![
+                "stream".to_string(),
+                f.to_str().unwrap().into(),
+                "--path".into(),
+                path.into(),
+                "--chunk".into(),
+                "1M".into(),
+                "--depth".into(),
+                "2".into(),
+                "--shader".into(),
+                "sum64".into(),
+                "--memory-budget".into(),
+                "4M".into(),
+            ]
         };
         let a = args(&small);
         let b = args(&big);
         let rs = max_rss_kib(&a.iter().map(String::as_str).collect::<Vec<_>>());
         let rb = max_rss_kib(&b.iter().map(String::as_str).collect::<Vec<_>>());
         // 256 MiB streamed through 2 x 1 MiB: the peak may not grow with the file.
-        assert!(rb - rs < 32 * 1024, "{path}: max RSS {rs} KiB for 4 MiB, {rb} KiB for 256 MiB");
+        assert!(
+            rb - rs < 32 * 1024,
+            "{path}: max RSS {rs} KiB for 4 MiB, {rb} KiB for 256 MiB"
+        );
     }
 }
 
@@ -265,7 +405,15 @@ fn memory_stays_bounded_whatever_the_file_size() {
 fn bench_prints_ratios_against_baselines() {
     let dir = TempDir::new("bench");
     let f = dir.file("f", &data(8 << 20, 7));
-    let o = dmafile(&["bench", f.to_str().unwrap(), "--chunk", "1M", "--runs", "1", "--json"]);
+    let o = dmafile(&[
+        "bench",
+        f.to_str().unwrap(),
+        "--chunk",
+        "1M",
+        "--runs",
+        "1",
+        "--json",
+    ]);
     let v = json_of(&o);
     assert!(v["baselines"]["pread_gbps"].as_f64().unwrap() > 0.0);
     assert!(v["baselines"]["memcpy_gbps"].as_f64().unwrap() > 0.0);
@@ -273,27 +421,46 @@ fn bench_prints_ratios_against_baselines() {
     assert!(rows.iter().any(|r| r["path"] == "upload"));
     let sum = dmafile::cpu::sum64(&std::fs::read(&f).unwrap()).to_string();
     for r in rows {
-        assert!(r["vs_pread"].as_f64().unwrap() > 0.0 && r["vs_memcpy"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(
+            r["vs_pread"].as_f64().unwrap() > 0.0 && r["vs_memcpy"].as_f64().unwrap() > 0.0,
+            "{r}"
+        );
         assert_eq!(r["result"], sum, "{r}");
     }
     let o = dmafile(&["bench", f.to_str().unwrap(), "--chunk", "1M", "--runs", "1"]);
     let s = String::from_utf8_lossy(&o.stdout);
-    assert!(s.contains("vs pread") && s.contains("baselines: pread"), "{s}");
+    assert!(
+        s.contains("vs pread") && s.contains("baselines: pread"),
+        "{s}"
+    );
 }
 
 #[test]
 fn info_lists_devices_and_paths() {
     let v = json_of(&dmafile(&["info", "--json"]));
     assert!(!v["devices"].as_array().unwrap().is_empty());
-    let names: Vec<&str> = v["paths"].as_array().unwrap().iter().map(|p| p["path"].as_str().unwrap()).collect();
+    let names: Vec<&str> = v["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["direct", "host", "heap", "upload"]);
     for p in v["paths"].as_array().unwrap() {
         assert!(p["available"] == true || p["reason"].is_string(), "{p}");
     }
     // DMAFILE_DEVICE selects by index or name, and a wrong one is an error.
-    let o = Command::new(bin()).args(["info"]).env("DMAFILE_DEVICE", "no-such-gpu").output().unwrap();
+    let o = Command::new(bin())
+        .args(["info"])
+        .env("DMAFILE_DEVICE", "no-such-gpu")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("matches no Vulkan device"));
-    let o = Command::new(bin()).args(["info", "--json"]).env("DMAFILE_DEVICE", "0").output().unwrap();
+    let o = Command::new(bin())
+        .args(["info", "--json"])
+        .env("DMAFILE_DEVICE", "0")
+        .output()
+        .unwrap();
     assert!(o.status.success());
 }

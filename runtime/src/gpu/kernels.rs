@@ -40,7 +40,8 @@ impl Kernels {
             .collect();
         let ci = vk::DescriptorSetLayoutCreateInfo::default().bindings(&bindings);
         // SAFETY: valid create info.
-        let set_layout = unsafe { d.create_descriptor_set_layout(&ci, None) }.vk("vkCreateDescriptorSetLayout")?;
+        let set_layout = unsafe { d.create_descriptor_set_layout(&ci, None) }
+            .vk("vkCreateDescriptorSetLayout")?;
         let mut k = Kernels {
             dev: dev.clone(),
             set_layout,
@@ -48,20 +49,32 @@ impl Kernels {
             pipelines: HashMap::new(),
             tables: Buffer::allocate(dev, 4096, Placement::Upload)?,
         };
-        let ranges = [vk::PushConstantRange::default().stage_flags(vk::ShaderStageFlags::COMPUTE).offset(0).size(4)];
+        let ranges = [vk::PushConstantRange::default()
+            .stage_flags(vk::ShaderStageFlags::COMPUTE)
+            .offset(0)
+            .size(4)];
         let layouts = [set_layout];
-        let ci = vk::PipelineLayoutCreateInfo::default().set_layouts(&layouts).push_constant_ranges(&ranges);
+        let ci = vk::PipelineLayoutCreateInfo::default()
+            .set_layouts(&layouts)
+            .push_constant_ranges(&ranges);
         // SAFETY: valid create info.
         k.layout = unsafe { d.create_pipeline_layout(&ci, None) }.vk("vkCreatePipelineLayout")?;
-        for (kind, spv) in [(ShaderKind::Crc32c, SPV_CRC32C), (ShaderKind::Sum64, SPV_SUM64), (ShaderKind::Histogram, SPV_HISTOGRAM)] {
+        for (kind, spv) in [
+            (ShaderKind::Crc32c, SPV_CRC32C),
+            (ShaderKind::Sum64, SPV_SUM64),
+            (ShaderKind::Histogram, SPV_HISTOGRAM),
+        ] {
             let p = k.make_pipeline(spv)?;
             k.pipelines.insert(kind, p);
         }
         let tables = crate::cpu::crc32c_shader_tables();
-        let bytes = k.tables.host_bytes_mut().ok_or_else(|| Error::DeviceUnsuitable {
-            device: dev.info.name.clone(),
-            what: "upload memory is not host-visible".into(),
-        })?;
+        let bytes = k
+            .tables
+            .host_bytes_mut()
+            .ok_or_else(|| Error::DeviceUnsuitable {
+                device: dev.info.name.clone(),
+                what: "upload memory is not host-visible".into(),
+            })?;
         for (dst, t) in bytes.chunks_exact_mut(4).zip(tables) {
             dst.copy_from_slice(&t.to_le_bytes());
         }
@@ -75,15 +88,23 @@ impl Kernels {
         let ci = vk::ShaderModuleCreateInfo::default().code(&code);
         // SAFETY: validated SPIR-V (build.rs runs spirv-val).
         let module = unsafe { d.create_shader_module(&ci, None) }.vk("vkCreateShaderModule")?;
-        let stage = vk::PipelineShaderStageCreateInfo::default().stage(vk::ShaderStageFlags::COMPUTE).module(module).name(c"main");
-        let pci = [vk::ComputePipelineCreateInfo::default().stage(stage).layout(self.layout)];
+        let stage = vk::PipelineShaderStageCreateInfo::default()
+            .stage(vk::ShaderStageFlags::COMPUTE)
+            .module(module)
+            .name(c"main");
+        let pci = [vk::ComputePipelineCreateInfo::default()
+            .stage(stage)
+            .layout(self.layout)];
         // SAFETY: valid create info; the module may be destroyed once the pipeline exists.
         let r = unsafe { d.create_compute_pipelines(vk::PipelineCache::null(), &pci, None) };
         // SAFETY: no longer needed after pipeline creation.
         unsafe { d.destroy_shader_module(module, None) };
         match r {
             Ok(p) => Ok(p[0]),
-            Err((_, e)) => Err(Error::Vulkan { call: "vkCreateComputePipelines", result: e }),
+            Err((_, e)) => Err(Error::Vulkan {
+                call: "vkCreateComputePipelines",
+                result: e,
+            }),
         }
     }
 
@@ -93,7 +114,9 @@ impl Kernels {
 
     /// Workgroups to dispatch for `len` input bytes.
     pub fn groups(len: u64) -> u32 {
-        len.div_ceil(crate::shader::BLOCK_BYTES).div_ceil(WORKGROUP).max(1) as u32
+        len.div_ceil(crate::shader::BLOCK_BYTES)
+            .div_ceil(WORKGROUP)
+            .max(1) as u32
     }
 }
 

@@ -50,10 +50,18 @@ pub(crate) struct Buffer {
 // dereferenced through &mut self.
 unsafe impl Send for Buffer {}
 
-fn find_type(props: &vk::PhysicalDeviceMemoryProperties, bits: u32, ranked: &[vk::MemoryPropertyFlags]) -> Option<u32> {
+fn find_type(
+    props: &vk::PhysicalDeviceMemoryProperties,
+    bits: u32,
+    ranked: &[vk::MemoryPropertyFlags],
+) -> Option<u32> {
     ranked.iter().find_map(|want| {
-        (0..props.memory_type_count)
-            .find(|&i| bits & (1 << i) != 0 && props.memory_types[i as usize].property_flags.contains(*want))
+        (0..props.memory_type_count).find(|&i| {
+            bits & (1 << i) != 0
+                && props.memory_types[i as usize]
+                    .property_flags
+                    .contains(*want)
+        })
     })
 }
 
@@ -67,22 +75,36 @@ impl Buffer {
     pub fn allocate(dev: &Arc<DeviceShared>, size: u64, placement: Placement) -> Result<Buffer> {
         use vk::MemoryPropertyFlags as F;
         let d = &dev.device;
-        let ci = vk::BufferCreateInfo::default().size(size.max(4)).usage(STORAGE_USAGE).sharing_mode(vk::SharingMode::EXCLUSIVE);
+        let ci = vk::BufferCreateInfo::default()
+            .size(size.max(4))
+            .usage(STORAGE_USAGE)
+            .sharing_mode(vk::SharingMode::EXCLUSIVE);
         // SAFETY: valid device and create info.
         let buffer = unsafe { d.create_buffer(&ci, None) }.vk("vkCreateBuffer")?;
         // SAFETY: buffer was just created from d.
         let req = unsafe { d.get_buffer_memory_requirements(buffer) };
         let ranked: &[F] = match placement {
-            Placement::Upload => &[F::HOST_VISIBLE | F::HOST_COHERENT | F::DEVICE_LOCAL, F::HOST_VISIBLE | F::HOST_COHERENT],
-            Placement::Readback => &[F::HOST_VISIBLE | F::HOST_COHERENT | F::HOST_CACHED, F::HOST_VISIBLE | F::HOST_COHERENT],
+            Placement::Upload => &[
+                F::HOST_VISIBLE | F::HOST_COHERENT | F::DEVICE_LOCAL,
+                F::HOST_VISIBLE | F::HOST_COHERENT,
+            ],
+            Placement::Readback => &[
+                F::HOST_VISIBLE | F::HOST_COHERENT | F::HOST_CACHED,
+                F::HOST_VISIBLE | F::HOST_COHERENT,
+            ],
             Placement::Device => &[F::DEVICE_LOCAL, F::empty()],
         };
         let Some(type_index) = find_type(&dev.mem_props, req.memory_type_bits, ranked) else {
             // SAFETY: not bound, not in use.
             unsafe { d.destroy_buffer(buffer, None) };
-            return Err(Error::DeviceUnsuitable { device: dev.info.name.clone(), what: format!("no memory type for {placement:?} buffers") });
+            return Err(Error::DeviceUnsuitable {
+                device: dev.info.name.clone(),
+                what: format!("no memory type for {placement:?} buffers"),
+            });
         };
-        let ai = vk::MemoryAllocateInfo::default().allocation_size(req.size).memory_type_index(type_index);
+        let ai = vk::MemoryAllocateInfo::default()
+            .allocation_size(req.size)
+            .memory_type_index(type_index);
         // SAFETY: valid allocate info.
         let memory = match unsafe { d.allocate_memory(&ai, None) }.vk("vkAllocateMemory") {
             Ok(m) => m,
@@ -93,13 +115,27 @@ impl Buffer {
             }
         };
         let flags = dev.mem_props.memory_types[type_index as usize].property_flags;
-        let origin = if flags.contains(F::HOST_VISIBLE) { BufferOrigin::HostVisible } else { BufferOrigin::DeviceLocal };
-        let mut b = Buffer { dev: dev.clone(), buffer, memory, size, mapped: std::ptr::null_mut(), origin, host_map: None };
+        let origin = if flags.contains(F::HOST_VISIBLE) {
+            BufferOrigin::HostVisible
+        } else {
+            BufferOrigin::DeviceLocal
+        };
+        let mut b = Buffer {
+            dev: dev.clone(),
+            buffer,
+            memory,
+            size,
+            mapped: std::ptr::null_mut(),
+            origin,
+            host_map: None,
+        };
         // SAFETY: memory fits the buffer's requirements; offset 0.
         unsafe { d.bind_buffer_memory(buffer, memory, 0) }.vk("vkBindBufferMemory")?;
         if flags.contains(F::HOST_VISIBLE) {
             // SAFETY: host-visible memory, mapped once for the buffer's lifetime.
-            b.mapped = unsafe { d.map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty()) }.vk("vkMapMemory")? as *mut u8;
+            b.mapped =
+                unsafe { d.map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty()) }
+                    .vk("vkMapMemory")? as *mut u8;
         }
         Ok(b)
     }
@@ -109,14 +145,19 @@ impl Buffer {
     pub fn import_host(dev: &Arc<DeviceShared>, map: HostMapping) -> Result<Buffer> {
         let d = &dev.device;
         let Some(ext) = dev.host_ext.as_ref() else {
-            return Err(Error::DeviceUnsuitable { device: dev.info.name.clone(), what: "no VK_EXT_external_memory_host".into() });
+            return Err(Error::DeviceUnsuitable {
+                device: dev.info.name.clone(),
+                what: "no VK_EXT_external_memory_host".into(),
+            });
         };
         let ht = vk::ExternalMemoryHandleTypeFlags::HOST_ALLOCATION_EXT;
         let mut hp = vk::MemoryHostPointerPropertiesEXT::default();
         // SAFETY: map.ptr() is a live mapping aligned as the extension requires.
-        unsafe { (ext.fp().get_memory_host_pointer_properties_ext)(ext.device(), ht, map.ptr(), &mut hp) }
-            .result()
-            .vk("vkGetMemoryHostPointerPropertiesEXT")?;
+        unsafe {
+            (ext.fp().get_memory_host_pointer_properties_ext)(ext.device(), ht, map.ptr(), &mut hp)
+        }
+        .result()
+        .vk("vkGetMemoryHostPointerPropertiesEXT")?;
         let mut ext_ci = vk::ExternalMemoryBufferCreateInfo::default().handle_types(ht);
         let ci = vk::BufferCreateInfo::default()
             .size(map.size())
@@ -128,16 +169,27 @@ impl Buffer {
         // SAFETY: buffer from d.
         let req = unsafe { d.get_buffer_memory_requirements(buffer) };
         let bits = req.memory_type_bits & hp.memory_type_bits;
-        let Some(type_index) = find_type(&dev.mem_props, bits, &[vk::MemoryPropertyFlags::empty()]) else {
+        let Some(type_index) = find_type(&dev.mem_props, bits, &[vk::MemoryPropertyFlags::empty()])
+        else {
             // SAFETY: unbound buffer.
             unsafe { d.destroy_buffer(buffer, None) };
-            return Err(Error::Vulkan { call: "host pointer import (no compatible memory type)", result: vk::Result::ERROR_INVALID_EXTERNAL_HANDLE });
+            return Err(Error::Vulkan {
+                call: "host pointer import (no compatible memory type)",
+                result: vk::Result::ERROR_INVALID_EXTERNAL_HANDLE,
+            });
         };
-        let mut import = vk::ImportMemoryHostPointerInfoEXT::default().handle_type(ht).host_pointer(map.ptr());
-        let ai = vk::MemoryAllocateInfo::default().allocation_size(map.size()).memory_type_index(type_index).push_next(&mut import);
+        let mut import = vk::ImportMemoryHostPointerInfoEXT::default()
+            .handle_type(ht)
+            .host_pointer(map.ptr());
+        let ai = vk::MemoryAllocateInfo::default()
+            .allocation_size(map.size())
+            .memory_type_index(type_index)
+            .push_next(&mut import);
         // SAFETY: the host pointer stays mapped until after this memory is
         // freed: the Buffer owns both and frees the memory first.
-        let memory = match unsafe { d.allocate_memory(&ai, None) }.vk("vkAllocateMemory (host pointer import)") {
+        let memory = match unsafe { d.allocate_memory(&ai, None) }
+            .vk("vkAllocateMemory (host pointer import)")
+        {
             Ok(m) => m,
             Err(e) => {
                 // SAFETY: unbound buffer.

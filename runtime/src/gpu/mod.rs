@@ -89,9 +89,12 @@ pub struct DeviceInfo {
 impl DeviceInfo {
     /// The largest chunk a shader can see in one binding on this device.
     pub fn max_chunk(&self) -> u64 {
-        let cap = self.max_storage_buffer_range.min(self.max_memory_allocation_size);
+        let cap = self
+            .max_storage_buffer_range
+            .min(self.max_memory_allocation_size);
         // Whole pages, and the block count must fit the dispatch limits.
-        let by_groups = self.max_compute_work_group_count_x as u64 * 64 * crate::shader::BLOCK_BYTES;
+        let by_groups =
+            self.max_compute_work_group_count_x as u64 * 64 * crate::shader::BLOCK_BYTES;
         cap.min(by_groups) & !(crate::PAGE_SIZE - 1)
     }
 }
@@ -134,26 +137,36 @@ fn create_instance(entry: &ash::Entry) -> Result<ash::Instance> {
         .engine_name(c"dmafile")
         .api_version(vk::API_VERSION_1_2);
     let exts = [ash::khr::get_physical_device_properties2::NAME.as_ptr()];
-    let ci = vk::InstanceCreateInfo::default().application_info(&app).enabled_extension_names(&exts);
+    let ci = vk::InstanceCreateInfo::default()
+        .application_info(&app)
+        .enabled_extension_names(&exts);
     // SAFETY: the create info and everything it points to outlive the call.
     unsafe { entry.create_instance(&ci, None) }.vk("vkCreateInstance")
 }
 
 fn cstr_field(raw: &[std::ffi::c_char]) -> String {
     // SAFETY: Vulkan guarantees these fixed arrays are NUL-terminated.
-    unsafe { CStr::from_ptr(raw.as_ptr()) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(raw.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn describe(instance: &ash::Instance, index: usize, pd: vk::PhysicalDevice) -> Result<DeviceInfo> {
     // SAFETY: pd was enumerated from this instance.
-    let exts = unsafe { instance.enumerate_device_extension_properties(pd) }.vk("vkEnumerateDeviceExtensionProperties")?;
-    let has = |name: &CStr| exts.iter().any(|e| e.extension_name_as_c_str().ok() == Some(name));
+    let exts = unsafe { instance.enumerate_device_extension_properties(pd) }
+        .vk("vkEnumerateDeviceExtensionProperties")?;
+    let has = |name: &CStr| {
+        exts.iter()
+            .any(|e| e.extension_name_as_c_str().ok() == Some(name))
+    };
 
     let mut driver = vk::PhysicalDeviceDriverProperties::default();
     let mut maint3 = vk::PhysicalDeviceMaintenance3Properties::default();
     let mut host_props = vk::PhysicalDeviceExternalMemoryHostPropertiesEXT::default();
     let host = has(ash::ext::external_memory_host::NAME);
-    let mut props2 = vk::PhysicalDeviceProperties2::default().push_next(&mut driver).push_next(&mut maint3);
+    let mut props2 = vk::PhysicalDeviceProperties2::default()
+        .push_next(&mut driver)
+        .push_next(&mut maint3);
     if host {
         props2 = props2.push_next(&mut host_props);
     }
@@ -165,7 +178,8 @@ fn describe(instance: &ash::Instance, index: usize, pd: vk::PhysicalDevice) -> R
     let mut feats2 = vk::PhysicalDeviceFeatures2::default().push_next(&mut timeline);
     // SAFETY: as above.
     unsafe { instance.get_physical_device_features2(pd, &mut feats2) };
-    let timeline_ok = timeline.timeline_semaphore == vk::TRUE && p.api_version >= vk::API_VERSION_1_2;
+    let timeline_ok =
+        timeline.timeline_semaphore == vk::TRUE && p.api_version >= vk::API_VERSION_1_2;
 
     // SAFETY: pd is valid.
     let mp = unsafe { instance.get_physical_device_memory_properties(pd) };
@@ -174,13 +188,23 @@ fn describe(instance: &ash::Instance, index: usize, pd: vk::PhysicalDevice) -> R
         .map(|t| MemoryType {
             heap: t.heap_index,
             heap_size: mp.memory_heaps[t.heap_index as usize].size,
-            device_local: t.property_flags.contains(vk::MemoryPropertyFlags::DEVICE_LOCAL),
-            host_visible: t.property_flags.contains(vk::MemoryPropertyFlags::HOST_VISIBLE),
-            host_coherent: t.property_flags.contains(vk::MemoryPropertyFlags::HOST_COHERENT),
-            host_cached: t.property_flags.contains(vk::MemoryPropertyFlags::HOST_CACHED),
+            device_local: t
+                .property_flags
+                .contains(vk::MemoryPropertyFlags::DEVICE_LOCAL),
+            host_visible: t
+                .property_flags
+                .contains(vk::MemoryPropertyFlags::HOST_VISIBLE),
+            host_coherent: t
+                .property_flags
+                .contains(vk::MemoryPropertyFlags::HOST_COHERENT),
+            host_cached: t
+                .property_flags
+                .contains(vk::MemoryPropertyFlags::HOST_CACHED),
         })
         .collect();
-    let host_visible_device_local = memory_types.iter().any(|t| t.device_local && t.host_visible && t.host_coherent);
+    let host_visible_device_local = memory_types
+        .iter()
+        .any(|t| t.device_local && t.host_visible && t.host_coherent);
     let v = p.api_version;
     Ok(DeviceInfo {
         index,
@@ -188,17 +212,31 @@ fn describe(instance: &ash::Instance, index: usize, pd: vk::PhysicalDevice) -> R
         kind: p.device_type.into(),
         vendor_id: p.vendor_id,
         device_id: p.device_id,
-        api_version: format!("{}.{}.{}", vk::api_version_major(v), vk::api_version_minor(v), vk::api_version_patch(v)),
-        driver: format!("{} ({})", cstr_field(&driver.driver_name), cstr_field(&driver.driver_info)),
+        api_version: format!(
+            "{}.{}.{}",
+            vk::api_version_major(v),
+            vk::api_version_minor(v),
+            vk::api_version_patch(v)
+        ),
+        driver: format!(
+            "{} ({})",
+            cstr_field(&driver.driver_name),
+            cstr_field(&driver.driver_info)
+        ),
         features: Features {
             external_memory_fd: has(ash::khr::external_memory_fd::NAME),
-            external_memory_dma_buf: has(ash::ext::external_memory_dma_buf::NAME) && has(ash::khr::external_memory_fd::NAME),
+            external_memory_dma_buf: has(ash::ext::external_memory_dma_buf::NAME)
+                && has(ash::khr::external_memory_fd::NAME),
             external_memory_host: host,
             timeline_semaphore: timeline_ok,
         },
         max_storage_buffer_range: p.limits.max_storage_buffer_range as u64,
         max_memory_allocation_size: maint3.max_memory_allocation_size,
-        min_imported_host_pointer_alignment: if host { host_props.min_imported_host_pointer_alignment } else { 0 },
+        min_imported_host_pointer_alignment: if host {
+            host_props.min_imported_host_pointer_alignment
+        } else {
+            0
+        },
         max_compute_work_group_count_x: p.limits.max_compute_work_group_count[0],
         memory_types,
         host_visible_device_local,
@@ -211,8 +249,12 @@ pub fn enumerate_devices() -> Result<Vec<DeviceInfo>> {
     let instance = create_instance(&entry)?;
     let result = (|| {
         // SAFETY: instance is valid.
-        let pds = unsafe { instance.enumerate_physical_devices() }.vk("vkEnumeratePhysicalDevices")?;
-        pds.iter().enumerate().map(|(i, &pd)| describe(&instance, i, pd)).collect()
+        let pds =
+            unsafe { instance.enumerate_physical_devices() }.vk("vkEnumeratePhysicalDevices")?;
+        pds.iter()
+            .enumerate()
+            .map(|(i, &pd)| describe(&instance, i, pd))
+            .collect()
     })();
     // SAFETY: no object was created from this instance.
     unsafe { instance.destroy_instance(None) };
@@ -223,23 +265,42 @@ pub fn enumerate_devices() -> Result<Vec<DeviceInfo>> {
 /// the name; without it, discrete > integrated > virtual > CPU.
 pub fn choose_device(devices: &[DeviceInfo], wanted: Option<&str>) -> Result<usize> {
     if devices.is_empty() {
-        return Err(Error::NoVulkan("no Vulkan device found (is a driver installed? lavapipe: mesa-vulkan-drivers)".into()));
+        return Err(Error::NoVulkan(
+            "no Vulkan device found (is a driver installed? lavapipe: mesa-vulkan-drivers)".into(),
+        ));
     }
-    let have = || devices.iter().map(|d| format!("{}: {}", d.index, d.name)).collect::<Vec<_>>().join(", ");
+    let have = || {
+        devices
+            .iter()
+            .map(|d| format!("{}: {}", d.index, d.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     if let Some(w) = wanted.map(str::trim).filter(|w| !w.is_empty()) {
         if let Ok(i) = w.parse::<usize>() {
             return devices
                 .iter()
                 .position(|d| d.index == i)
-                .ok_or_else(|| Error::NoSuchDevice { wanted: w.into(), have: have() });
+                .ok_or_else(|| Error::NoSuchDevice {
+                    wanted: w.into(),
+                    have: have(),
+                });
         }
         let lw = w.to_lowercase();
         return devices
             .iter()
             .position(|d| d.name.to_lowercase().contains(&lw))
-            .ok_or_else(|| Error::NoSuchDevice { wanted: w.into(), have: have() });
+            .ok_or_else(|| Error::NoSuchDevice {
+                wanted: w.into(),
+                have: have(),
+            });
     }
-    Ok(devices.iter().enumerate().min_by_key(|(_, d)| (d.kind, d.index)).map(|(i, _)| i).unwrap_or(0))
+    Ok(devices
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, d)| (d.kind, d.index))
+        .map(|(i, _)| i)
+        .unwrap_or(0))
 }
 
 /// An open Vulkan device ready for dmafile's work.
@@ -296,8 +357,13 @@ impl Gpu {
         vk::PhysicalDeviceMemoryProperties,
     )> {
         // SAFETY: instance is valid.
-        let pds = unsafe { instance.enumerate_physical_devices() }.vk("vkEnumeratePhysicalDevices")?;
-        let infos = pds.iter().enumerate().map(|(i, &pd)| describe(instance, i, pd)).collect::<Result<Vec<_>>>()?;
+        let pds =
+            unsafe { instance.enumerate_physical_devices() }.vk("vkEnumeratePhysicalDevices")?;
+        let infos = pds
+            .iter()
+            .enumerate()
+            .map(|(i, &pd)| describe(instance, i, pd))
+            .collect::<Result<Vec<_>>>()?;
         let idx = choose_device(&infos, wanted)?;
         let pd = pds[idx];
         let info = infos[idx].clone();
@@ -312,8 +378,10 @@ impl Gpu {
         let family = families
             .iter()
             .position(|f| f.queue_flags.contains(vk::QueueFlags::COMPUTE))
-            .ok_or_else(|| Error::DeviceUnsuitable { device: info.name.clone(), what: "no compute queue".into() })?
-            as u32;
+            .ok_or_else(|| Error::DeviceUnsuitable {
+                device: info.name.clone(),
+                what: "no compute queue".into(),
+            })? as u32;
         let mut exts = vec![];
         if info.features.external_memory_fd {
             exts.push(ash::khr::external_memory_fd::NAME.as_ptr());
@@ -325,12 +393,20 @@ impl Gpu {
             exts.push(ash::ext::external_memory_host::NAME.as_ptr());
         }
         let prio = [1.0f32];
-        let qci = [vk::DeviceQueueCreateInfo::default().queue_family_index(family).queue_priorities(&prio)];
+        let qci = [vk::DeviceQueueCreateInfo::default()
+            .queue_family_index(family)
+            .queue_priorities(&prio)];
         let mut f12 = vk::PhysicalDeviceVulkan12Features::default().timeline_semaphore(true);
-        let ci = vk::DeviceCreateInfo::default().queue_create_infos(&qci).enabled_extension_names(&exts).push_next(&mut f12);
+        let ci = vk::DeviceCreateInfo::default()
+            .queue_create_infos(&qci)
+            .enabled_extension_names(&exts)
+            .push_next(&mut f12);
         // SAFETY: the create info and its chain outlive the call; pd is valid.
         let device = unsafe { instance.create_device(pd, &ci, None) }.vk("vkCreateDevice")?;
-        let host_ext = info.features.external_memory_host.then(|| ash::ext::external_memory_host::Device::new(instance, &device));
+        let host_ext = info
+            .features
+            .external_memory_host
+            .then(|| ash::ext::external_memory_host::Device::new(instance, &device));
         // SAFETY: pd is valid.
         let mem_props = unsafe { instance.get_physical_device_memory_properties(pd) };
         Ok((device, pd, family, info, host_ext, mem_props))
@@ -346,8 +422,18 @@ impl Gpu {
         PathKind::ALL
             .into_iter()
             .map(|k| match self.unavailable(k) {
-                None => PathAvailability { path: k, available: true, code: None, reason: None },
-                Some(u) => PathAvailability { path: k, available: false, code: Some(u.code), reason: Some(u.reason) },
+                None => PathAvailability {
+                    path: k,
+                    available: true,
+                    code: None,
+                    reason: None,
+                },
+                Some(u) => PathAvailability {
+                    path: k,
+                    available: false,
+                    code: Some(u.code),
+                    reason: Some(u.reason),
+                },
             })
             .collect()
     }
@@ -368,7 +454,11 @@ impl Gpu {
                 kernel_side(kind)
             }
             PathKind::Host => (!f.external_memory_host).then(|| {
-                Unavailable::new(kind, ReasonCode::MissingExtension, format!("{name} lacks VK_EXT_external_memory_host"))
+                Unavailable::new(
+                    kind,
+                    ReasonCode::MissingExtension,
+                    format!("{name} lacks VK_EXT_external_memory_host"),
+                )
             }),
             PathKind::Upload => None,
         }

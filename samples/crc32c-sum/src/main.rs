@@ -20,13 +20,21 @@ struct Opts {
 }
 
 fn parse_args() -> Result<Opts, String> {
-    let mut o = Opts { check: None, verbose: false, files: vec![] };
+    let mut o = Opts {
+        check: None,
+        verbose: false,
+        files: vec![],
+    };
     let mut args = std::env::args_os().skip(1);
     while let Some(a) = args.next() {
         match a.to_str() {
-            Some("-c") | Some("--check") => o.check = Some(args.next().ok_or("-c needs a manifest file")?.into()),
+            Some("-c") | Some("--check") => {
+                o.check = Some(args.next().ok_or("-c needs a manifest file")?.into())
+            }
             Some("-v") | Some("--verbose") => o.verbose = true,
-            Some("-h") | Some("--help") => return Err("usage: crc32c-sum [-v] FILE... | crc32c-sum [-v] -c MANIFEST".into()),
+            Some("-h") | Some("--help") => {
+                return Err("usage: crc32c-sum [-v] FILE... | crc32c-sum [-v] -c MANIFEST".into())
+            }
             _ => o.files.push(a.into()),
         }
     }
@@ -42,10 +50,18 @@ fn parse_manifest(text: &str) -> Result<Vec<(u32, PathBuf)>, String> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            let bad = || format!("manifest line {}: expected `<8 hex digits>  <path>`, got {l:?}", i + 1);
+            let bad = || {
+                format!(
+                    "manifest line {}: expected `<8 hex digits>  <path>`, got {l:?}",
+                    i + 1
+                )
+            };
             let (hex, rest) = l.split_at_checked(8).ok_or_else(bad)?;
             let crc = u32::from_str_radix(hex, 16).map_err(|_| bad())?;
-            let path = rest.strip_prefix("  ").or_else(|| rest.strip_prefix(" *")).ok_or_else(bad)?;
+            let path = rest
+                .strip_prefix("  ")
+                .or_else(|| rest.strip_prefix(" *"))
+                .ok_or_else(bad)?;
             Ok((crc, PathBuf::from(path)))
         })
         .collect()
@@ -55,14 +71,26 @@ fn checksum(s: &mut Streamer, path: &PathBuf, verbose: bool) -> Result<u32, Stri
     let r = s.run(&[path], &mut |_, _| {}).map_err(|e| e.to_string())?;
     if verbose {
         let paths: Vec<String> = r.paths.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        eprintln!("{}: {} bytes via {}", path.display(), r.bytes, if paths.is_empty() { "-".into() } else { paths.join(", ") });
+        eprintln!(
+            "{}: {} bytes via {}",
+            path.display(),
+            r.bytes,
+            if paths.is_empty() {
+                "-".into()
+            } else {
+                paths.join(", ")
+            }
+        );
         for f in &r.fallbacks {
             eprintln!("  skipped {}: {}", f.from, f.reason);
         }
     }
     match (r.verified, r.result) {
         (Some(true), Some(ShaderResult::Crc32c(c))) => Ok(c),
-        _ => Err(format!("{}: GPU and CPU disagree; not printing a checksum", path.display())),
+        _ => Err(format!(
+            "{}: GPU and CPU disagree; not printing a checksum",
+            path.display()
+        )),
     }
 }
 
@@ -81,7 +109,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cfg = StreamConfig { shader: ShaderKind::Crc32c, verify: true, ..Default::default() };
+    let cfg = StreamConfig {
+        shader: ShaderKind::Crc32c,
+        verify: true,
+        ..Default::default()
+    };
     let mut s = match Streamer::new(&gpu, cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -91,7 +123,10 @@ fn main() -> ExitCode {
     };
     let mut failed = 0;
     if let Some(m) = &o.check {
-        let entries = match std::fs::read_to_string(m).map_err(|e| format!("{}: {e}", m.display())).and_then(|t| parse_manifest(&t)) {
+        let entries = match std::fs::read_to_string(m)
+            .map_err(|e| format!("{}: {e}", m.display()))
+            .and_then(|t| parse_manifest(&t))
+        {
             Ok(e) => e,
             Err(e) => {
                 eprintln!("crc32c-sum: {e}");
@@ -102,7 +137,10 @@ fn main() -> ExitCode {
             match checksum(&mut s, &path, o.verbose) {
                 Ok(c) if c == want => println!("{}: OK", path.display()),
                 Ok(c) => {
-                    println!("{}: FAILED (have {c:08x}, manifest {want:08x})", path.display());
+                    println!(
+                        "{}: FAILED (have {c:08x}, manifest {want:08x})",
+                        path.display()
+                    );
                     failed += 1;
                 }
                 Err(e) => {
