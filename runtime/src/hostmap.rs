@@ -1,121 +1,12 @@
-//! File mappings for the `host` path, and the SIGBUS guard that makes a file
-//! truncated under a mapping an error instead of a crash.
-//!
-//! When a mapped file shrinks, touching a page past its new end raises
-//! SIGBUS. On lavapipe the "device" is a CPU thread, so a truncation while a
-//! shader runs would kill the process. The guard keeps a lock-free table of
-//! live mappings; its handler replaces the faulting page with a zero page,
-//! marks the mapping, and returns so the access completes. The stream sees the
-//! mark when the chunk finishes and reports the file as changed; the bytes the
-//! shader saw are thrown away. Faults outside our mappings go to the handler
-//! that was installed before ours (or the default action).
+//! File mappings for the `host` path, and the read lease that keeps a mapped
+//! file from being truncated under the device.
 use std::ffi::c_void;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::OnceLock;
 
 use nix::libc;
 
 use crate::PAGE_SIZE;
-
-const GUARD_SLOTS: usize = 256;
-
-struct GuardSlot {
-    start: AtomicUsize,
-    end: AtomicUsize,
-    hit: AtomicBool,
-}
-
-#[allow(clippy::declare_interior_mutable_const)]
-const EMPTY: GuardSlot = GuardSlot {
-    start: AtomicUsize::new(0),
-    end: AtomicUsize::new(0),
-    hit: AtomicBool::new(false),
-};
-static GUARDS: [GuardSlot; GUARD_SLOTS] = [EMPTY; GUARD_SLOTS];
-/// 1 while a slot is being claimed, so two claimers never share one.
-static CLAIM: [AtomicBool; GUARD_SLOTS] = [const { AtomicBool::new(false) }; GUARD_SLOTS];
-static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
-
-extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c_void) {
-    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
-    let addr = unsafe { (*info).si_addr() } as usize;
-    for g in GUARDS.iter() {
-        let start = g.start.load(Ordering::Acquire);
-        if start != 0 && addr >= start && addr < g.end.load(Ordering::Acquire) {
-            let page = addr & !(PAGE_SIZE as usize - 1);
-            // SAFETY: the page lies inside a mapping we own; replacing it
-            // with an anonymous zero page is what the guard is for. mmap is a
-            // plain system call, safe to make from a signal handler.
-            let r = unsafe {
-                libc::mmap(
-                    page as *mut c_void,
-                    PAGE_SIZE as usize,
-                    libc::PROT_READ,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-                    -1,
-                    0,
-                )
-            };
-            if r != libc::MAP_FAILED {
-                g.hit.store(true, Ordering::Release);
-                return;
-            }
-        }
-    }
-    // Not ours: hand the signal to whoever had it before.
-    if let Some(prev) = PREVIOUS.get() {
-        if prev.sa_flags & libc::SA_SIGINFO != 0 && prev.sa_sigaction > libc::SIG_IGN {
-            // SAFETY: calling the previous SA_SIGINFO handler with the same arguments.
-            let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut c_void) =
-                unsafe { std::mem::transmute(prev.sa_sigaction) };
-            f(sig, info, ctx);
-            return;
-        }
-        // SAFETY: restoring the previous disposition; the faulting access
-        // then repeats and gets the previous (default) behaviour.
-        unsafe { libc::sigaction(libc::SIGBUS, prev, std::ptr::null_mut()) };
-    }
-}
-
-fn install_guard() {
-    PREVIOUS.get_or_init(|| {
-        // SAFETY: a zeroed sigaction is a valid "no handler" value, filled below.
-        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
-        act.sa_sigaction = on_sigbus as *const () as usize;
-        act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
-        // SAFETY: as above.
-        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-        // SAFETY: installing a handler that only touches atomics and mmap.
-        unsafe {
-            libc::sigemptyset(&mut act.sa_mask);
-            libc::sigaction(libc::SIGBUS, &act, &mut old);
-        }
-        old
-    });
-}
-
-fn claim_guard(start: usize, end: usize) -> Option<usize> {
-    install_guard();
-    for (i, c) in CLAIM.iter().enumerate() {
-        if c.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            GUARDS[i].hit.store(false, Ordering::Release);
-            GUARDS[i].end.store(end, Ordering::Release);
-            GUARDS[i].start.store(start, Ordering::Release);
-            return Some(i);
-        }
-    }
-    None
-}
-
-fn release_guard(i: usize) {
-    GUARDS[i].start.store(0, Ordering::Release);
-    GUARDS[i].end.store(0, Ordering::Release);
-    CLAIM[i].store(false, Ordering::Release);
-}
 
 /// A read-only shared mapping of a file range, placed at an address aligned
 /// to `align` and padded with zero pages to a multiple of `align` (what
@@ -123,8 +14,6 @@ fn release_guard(i: usize) {
 pub(crate) struct HostMapping {
     base: NonNull<c_void>,
     total: usize,
-    file_len: usize,
-    guard: usize,
 }
 
 // SAFETY: the mapping is plain memory; the struct only unmaps it on drop.
@@ -187,20 +76,10 @@ impl HostMapping {
             unsafe { libc::munmap(start as *mut c_void, total) };
             return Err(e);
         }
-        let Some(guard) = claim_guard(start, start + file_len) else {
-            // SAFETY: our mapping.
-            unsafe { libc::munmap(start as *mut c_void, total) };
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::OutOfMemory,
-                "too many live host mappings",
-            ));
-        };
         Ok(HostMapping {
             // SAFETY: mmap never returns null on success.
             base: unsafe { NonNull::new_unchecked(start as *mut c_void) },
             total,
-            file_len,
-            guard,
         })
     }
 
@@ -212,63 +91,14 @@ impl HostMapping {
     pub fn size(&self) -> u64 {
         self.total as u64
     }
-
-    /// Bytes backed by the file.
-    #[allow(dead_code)]
-    pub fn file_len(&self) -> u64 {
-        self.file_len as u64
-    }
-
-    /// True if a page went missing under the mapping (the file was truncated).
-    pub fn lost_pages(&self) -> bool {
-        GUARDS[self.guard].hit.load(Ordering::Acquire)
-    }
 }
 
 impl Drop for HostMapping {
     fn drop(&mut self) {
-        release_guard(self.guard);
         // SAFETY: unmapping exactly what map() created; no Vulkan memory
         // imported from it outlives this (Buffer frees its memory first).
         unsafe { libc::munmap(self.base.as_ptr(), self.total) };
     }
-}
-
-const LEASE_SLOTS: usize = 256;
-/// fcntl(2) F_SETSIG (Linux; not exported by the libc crate).
-const F_SETSIG: libc::c_int = 10;
-static LEASE_FD: [AtomicUsize; LEASE_SLOTS] = [const { AtomicUsize::new(0) }; LEASE_SLOTS];
-static LEASE_BROKEN: [AtomicBool; LEASE_SLOTS] = [const { AtomicBool::new(false) }; LEASE_SLOTS];
-static LEASE_SIGNAL: OnceLock<libc::c_int> = OnceLock::new();
-
-extern "C" fn on_lease_break(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut c_void) {
-    // SAFETY: SA_SIGINFO handler; for F_SETSIG signals the kernel fills si_fd
-    // (glibc's siginfo_t has it right after si_band in the _sigpoll member).
-    let fd = unsafe {
-        let p = info as *const u8;
-        // si_signo, si_errno, si_code (3 x int), pad to 8, then si_band (long), si_fd (int).
-        *(p.add(16 + std::mem::size_of::<libc::c_long>()) as *const libc::c_int)
-    };
-    for (i, f) in LEASE_FD.iter().enumerate() {
-        if f.load(Ordering::Acquire) == fd as usize + 1 {
-            LEASE_BROKEN[i].store(true, Ordering::Release);
-        }
-    }
-}
-
-fn lease_signal() -> libc::c_int {
-    *LEASE_SIGNAL.get_or_init(|| {
-        let sig = libc::SIGRTMIN() + 3;
-        // SAFETY: installing a handler that only touches atomics.
-        unsafe {
-            let mut act: libc::sigaction = std::mem::zeroed();
-            act.sa_sigaction = on_lease_break as *const () as usize;
-            act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-            libc::sigemptyset(&mut act.sa_mask);
-            libc::sigaction(sig, &act, std::ptr::null_mut());
-        }
-        sig
-    })
 }
 
 /// A read lease on an open file (fcntl F_SETLEASE, F_RDLCK) for as long as
@@ -278,63 +108,54 @@ fn lease_signal() -> libc::c_int {
 /// SIGBUS, and on CPU devices (lavapipe) those reads happen in driver threads
 /// that block every signal, so the kernel would kill the process. While we
 /// hold the lease, any other open for writing and any truncate(2) first
-/// *waits* (up to /proc/sys/fs/lease-break-time) and we are told; the stream
-/// then stops, waits for the device, unmaps, releases the lease, and reports
-/// the file as changed. Only then does the writer proceed.
+/// *waits* (up to /proc/sys/fs/lease-break-time). The stream polls the lease
+/// between chunks; once a break is pending it stops, waits for the device,
+/// unmaps, releases the lease and reports the file as changed. Only then does
+/// the writer proceed.
+///
+/// No signal is involved: the lease's owner is cleared, so the kernel sends
+/// no break notice, and F_GETLEASE reports the pending break (it answers
+/// F_UNLCK instead of F_RDLCK).
 ///
 /// The kernel grants a read lease only to the file's owner (or CAP_LEASE),
 /// only when nobody has it open for writing, and only on filesystems that
 /// support leases; otherwise the host path is not used for that file.
 pub(crate) struct ReadLease {
     fd: libc::c_int,
-    slot: usize,
 }
 
 impl ReadLease {
     pub fn take(fd: BorrowedFd<'_>) -> std::io::Result<ReadLease> {
-        let sig = lease_signal();
         let raw = fd.as_raw_fd();
-        let slot = LEASE_FD
-            .iter()
-            .position(|f| {
-                f.compare_exchange(0, raw as usize + 1, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-            })
-            .ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::OutOfMemory, "too many leases")
-            })?;
-        LEASE_BROKEN[slot].store(false, Ordering::Release);
-        // SAFETY: fcntl on a descriptor we borrow; F_SETSIG/F_SETOWN route the
-        // break notice to our handler with si_fd set.
-        let r = unsafe {
-            if libc::fcntl(raw, F_SETSIG, sig) < 0
-                || libc::fcntl(raw, libc::F_SETOWN, libc::getpid()) < 0
-            {
-                -1
-            } else {
-                libc::fcntl(raw, libc::F_SETLEASE, libc::F_RDLCK)
+        // SAFETY: fcntl on a descriptor we borrow. Taking the lease makes us
+        // its owner; clearing the owner stops the kernel from signalling us
+        // (SIGIO would terminate the process) when the lease is broken.
+        unsafe {
+            if libc::fcntl(raw, libc::F_SETLEASE, libc::F_RDLCK) < 0 {
+                return Err(std::io::Error::last_os_error());
             }
-        };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            LEASE_FD[slot].store(0, Ordering::Release);
-            return Err(e);
+            if libc::fcntl(raw, libc::F_SETOWN, 0) < 0 {
+                let e = std::io::Error::last_os_error();
+                libc::fcntl(raw, libc::F_SETLEASE, libc::F_UNLCK);
+                return Err(e);
+            }
         }
-        Ok(ReadLease { fd: raw, slot })
+        Ok(ReadLease { fd: raw })
     }
 
-    /// True once another opener or truncate asked for the lease back.
+    /// True once another opener or truncate asked for the lease back (or the
+    /// kernel took it back after lease-break-time).
     pub fn broken(&self) -> bool {
-        LEASE_BROKEN[self.slot].load(Ordering::Acquire)
+        // SAFETY: fcntl on the descriptor the lease was taken on, which the
+        // owner keeps open for at least as long as the lease.
+        unsafe { libc::fcntl(self.fd, libc::F_GETLEASE) != libc::F_RDLCK }
     }
 }
 
 impl Drop for ReadLease {
     fn drop(&mut self) {
-        // SAFETY: releasing the lease we took on this descriptor, which the
-        // owner keeps open for at least as long as the lease.
+        // SAFETY: releasing the lease we took on this descriptor.
         unsafe { libc::fcntl(self.fd, libc::F_SETLEASE, libc::F_UNLCK) };
-        LEASE_FD[self.slot].store(0, Ordering::Release);
     }
 }
 
@@ -343,12 +164,21 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::os::fd::AsFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::path::PathBuf;
+
+    fn tempfile(tag: &str, bytes: &[u8]) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("dmafile-hostmap-{tag}-{}", std::process::id()));
+        std::fs::File::create(&p).unwrap().write_all(bytes).unwrap();
+        p
+    }
 
     #[test]
     fn maps_with_alignment_and_zero_tail() {
-        let mut f = tempfile();
         let data: Vec<u8> = (0..3 * 4096 + 100).map(|i| (i % 251) as u8).collect();
-        f.write_all(&data).unwrap();
+        let p = tempfile("map", &data);
+        let f = std::fs::File::open(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
         for align in [4096u64, 65536] {
             let m = HostMapping::map(f.as_fd(), 4096, (data.len() - 4096) as u64, align).unwrap();
             assert_eq!(m.ptr() as usize % align as usize, 0);
@@ -361,34 +191,25 @@ mod tests {
     }
 
     #[test]
-    fn truncation_becomes_zero_pages_and_a_mark() {
-        let mut f = tempfile();
-        f.write_all(&vec![7u8; 8 * 4096]).unwrap();
-        let m = HostMapping::map(f.as_fd(), 0, 8 * 4096, 4096).unwrap();
-        f.set_len(4096).unwrap();
-        // SAFETY: reading our own mapping; the guard turns SIGBUS into zeros.
-        let s = unsafe { std::slice::from_raw_parts(m.ptr() as *const u8, m.size() as usize) };
-        assert_eq!(s[0], 7);
-        let v = unsafe { std::ptr::read_volatile(&s[5 * 4096]) };
-        assert_eq!(v, 0);
-        assert!(m.lost_pages());
-    }
-
-    fn tempfile() -> std::fs::File {
-        let dir = std::env::temp_dir();
-        let p = dir.join(format!(
-            "dmafile-hostmap-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let f = std::fs::OpenOptions::new()
-            .read(true)
+    fn lease_holds_writers_off_and_reports_the_break() {
+        let p = tempfile("lease", &[1u8; 8192]);
+        let f = std::fs::File::open(&p).unwrap();
+        let lease = ReadLease::take(f.as_fd()).unwrap();
+        assert!(!lease.broken());
+        let e = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .custom_flags(libc::O_NONBLOCK)
             .open(&p)
-            .unwrap();
+            .expect_err("a writer must wait for the lease");
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+        assert!(lease.broken(), "the writer's attempt starts the break");
+        drop(lease);
+        std::fs::OpenOptions::new().write(true).open(&p).expect("released: writers proceed");
+
+        // With a writer open, no lease is granted.
+        let _w = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        let e = ReadLease::take(f.as_fd()).err().expect("no lease while a writer is open");
+        assert_eq!(e.raw_os_error(), Some(libc::EAGAIN));
         std::fs::remove_file(&p).unwrap();
-        f
     }
 }

@@ -26,7 +26,7 @@ pub mod stream;
 
 pub use error::{Error, Result};
 pub use gpu::{
-    choose_device, enumerate_devices, BufferOrigin, DeviceInfo, DeviceKind, Features, Gpu,
+    choose_device, enumerate_devices, DeviceInfo, DeviceKind, Features, Gpu,
     MemoryType,
 };
 pub use path::{Fallback, PathAvailability, PathChoice, PathKind, ReasonCode, Unavailable};

@@ -807,14 +807,8 @@ impl Streamer {
         let slot = &mut self.slots[s];
         let f = &files[p.file];
         check_lease(f, &leases[p.file])?;
-        if let Some(input) = slot.input.take() {
-            if input.host_mapping().is_some_and(|m| m.lost_pages()) {
-                return Err(Error::FileChanged {
-                    path: f.path().to_path_buf(),
-                    what: "truncated while mapped: pages of the mapping vanished".into(),
-                });
-            }
-        }
+        // The device is done with the chunk: free its import, then unmap it.
+        slot.input = None;
         let t = Instant::now();
         let shader = self.cfg.shader;
         let words = (shader.output_bytes(p.len) / 4) as usize;

@@ -413,8 +413,6 @@ fn truncation_growth_and_rewrites_while_streaming_are_errors() {
                 .open(f)
                 .expect_err("a writer must wait for the lease");
             assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
-            // Give the lease-break signal time to arrive.
-            std::thread::sleep(std::time::Duration::from_millis(50));
         }),
         "lease",
     );

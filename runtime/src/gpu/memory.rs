@@ -4,23 +4,10 @@
 use std::sync::Arc;
 
 use ash::vk;
-use serde::Serialize;
 
 use super::DeviceShared;
 use crate::error::{Error, Result, VkResultExt};
 use crate::hostmap::HostMapping;
-
-/// Where a buffer's memory comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BufferOrigin {
-    /// Allocated by the driver, host-visible (the upload path's target).
-    HostVisible,
-    /// Allocated by the driver in device-local memory (discrete GPUs).
-    DeviceLocal,
-    /// Imported from a mapping of the file (VK_EXT_external_memory_host).
-    HostImport,
-}
 
 /// What a new allocation is for, which decides the memory type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,11 +26,9 @@ pub(crate) struct Buffer {
     memory: vk::DeviceMemory,
     pub size: u64,
     mapped: *mut u8,
-    /// Where the memory came from (kept for debugging and `Debug` output).
-    #[allow(dead_code)]
-    pub origin: BufferOrigin,
-    // Dropped after `memory` is freed (see Drop): the import must go first.
-    host_map: Option<HostMapping>,
+    // Only owned: dropped after `memory` is freed (see Drop), since the
+    // import must go before the mapping it was made from.
+    _host_map: Option<HostMapping>,
 }
 
 // SAFETY: Vulkan handles may move between threads; the mapped pointer is only
@@ -115,19 +100,13 @@ impl Buffer {
             }
         };
         let flags = dev.mem_props.memory_types[type_index as usize].property_flags;
-        let origin = if flags.contains(F::HOST_VISIBLE) {
-            BufferOrigin::HostVisible
-        } else {
-            BufferOrigin::DeviceLocal
-        };
         let mut b = Buffer {
             dev: dev.clone(),
             buffer,
             memory,
             size,
             mapped: std::ptr::null_mut(),
-            origin,
-            host_map: None,
+            _host_map: None,
         };
         // SAFETY: memory fits the buffer's requirements; offset 0.
         unsafe { d.bind_buffer_memory(buffer, memory, 0) }.vk("vkBindBufferMemory")?;
@@ -203,8 +182,7 @@ impl Buffer {
             memory,
             size: map.size(),
             mapped: std::ptr::null_mut(),
-            origin: BufferOrigin::HostImport,
-            host_map: Some(map),
+            _host_map: Some(map),
         };
         // SAFETY: the memory was allocated for this buffer's requirements.
         unsafe { d.bind_buffer_memory(buffer, memory, 0) }.vk("vkBindBufferMemory")?;
@@ -230,10 +208,6 @@ impl Buffer {
         // SAFETY: mapped memory is aligned to at least minMemoryMapAlignment
         // (>= 64) and holds `size` bytes.
         Some(unsafe { std::slice::from_raw_parts(self.mapped as *const u32, n) })
-    }
-
-    pub fn host_mapping(&self) -> Option<&HostMapping> {
-        self.host_map.as_ref()
     }
 }
 

@@ -14,7 +14,6 @@ use crate::path::{kernel_side, PathAvailability, PathKind, ReasonCode, Unavailab
 pub(crate) mod kernels;
 pub(crate) mod memory;
 
-pub use memory::BufferOrigin;
 
 /// The kind of a physical device, in the order dmafile prefers them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
