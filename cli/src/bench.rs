@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Args;
-use dmafile::{Gpu, PathChoice, PathKind, ShaderKind, StreamConfig, Streamer};
+use dmafile::{Gpu, PathChoice, ShaderKind, StreamConfig, Streamer};
 use serde_json::json;
 
 use crate::report::gbps;
@@ -163,7 +163,6 @@ pub fn run(o: BenchOpts) -> Result<ExitCode, CliError> {
             "result": first.result.as_ref().map(|r| r.to_string()),
         }));
     }
-    let _ = PathKind::ALL;
     let v = json!({
         "file": o.file.display().to_string(),
         "bytes": len,

@@ -2,7 +2,7 @@
 use std::fmt::Write;
 use std::process::ExitCode;
 
-use dmafile::{Gpu, PathKind};
+use dmafile::Gpu;
 use serde_json::json;
 
 use crate::size::human;
@@ -19,10 +19,9 @@ fn dma_heaps() -> Vec<String> {
 }
 
 pub fn run(as_json: bool) -> Result<ExitCode, CliError> {
-    let devices = dmafile::enumerate_devices()?;
     let wanted = std::env::var("DMAFILE_DEVICE").ok();
-    let chosen = dmafile::choose_device(&devices, wanted.as_deref())?;
-    let gpu = Gpu::open(Some(&devices[chosen].index.to_string()))?;
+    let gpu = Gpu::open(wanted.as_deref())?;
+    let (devices, chosen) = (gpu.devices(), gpu.chosen());
     let paths = gpu.path_availability();
     let module = std::path::Path::new(dmafile::path::MODULE_DEVICE).exists();
     let heaps = dma_heaps();
@@ -39,7 +38,7 @@ pub fn run(as_json: bool) -> Result<ExitCode, CliError> {
         return out(&format!("{v}\n")).map(|_| ExitCode::SUCCESS);
     }
     let mut s = String::new();
-    for d in &devices {
+    for d in devices {
         let mark = if d.index == devices[chosen].index {
             "*"
         } else {
@@ -125,6 +124,5 @@ pub fn run(as_json: bool) -> Result<ExitCode, CliError> {
             heaps.join(", ")
         }
     );
-    let _ = PathKind::ALL;
     out(&s).map(|_| ExitCode::SUCCESS)
 }

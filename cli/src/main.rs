@@ -83,10 +83,14 @@ pub struct CliError {
 
 impl From<dmafile::Error> for CliError {
     fn from(e: dmafile::Error) -> Self {
-        CliError {
-            msg: e.to_string(),
-            code: 2,
-        }
+        let msg = match e {
+            // Name the flag, not the library's field.
+            dmafile::Error::Config { setting, msg } => {
+                format!("invalid --{}: {msg}", setting.replace('_', "-"))
+            }
+            e => e.to_string(),
+        };
+        CliError { msg, code: 2 }
     }
 }
 
@@ -108,9 +112,10 @@ pub fn out(s: &str) -> Result<(), CliError> {
     }
 }
 
-pub fn progress_bar(total: u64, label: &str) -> Option<indicatif::ProgressBar> {
+/// A progress bar on stderr, hidden off a terminal or with DMAFILE_NO_PROGRESS.
+fn progress_bar(total: u64, label: &str) -> indicatif::ProgressBar {
     if !std::io::stderr().is_terminal() || std::env::var_os("DMAFILE_NO_PROGRESS").is_some() {
-        return None;
+        return indicatif::ProgressBar::hidden();
     }
     let pb = indicatif::ProgressBar::with_draw_target(
         Some(total),
@@ -123,7 +128,7 @@ pub fn progress_bar(total: u64, label: &str) -> Option<indicatif::ProgressBar> {
     .progress_chars("=> ");
     pb.set_style(style);
     pb.set_message(label.to_string());
-    Some(pb)
+    pb
 }
 
 fn stream(o: StreamOpts) -> Result<ExitCode, CliError> {
@@ -137,13 +142,7 @@ fn stream(o: StreamOpts) -> Result<ExitCode, CliError> {
         verify: o.verify,
         ..Default::default()
     };
-    let mut s = Streamer::new(&gpu, cfg).map_err(|e| match e {
-        dmafile::Error::Config { setting, msg } => CliError {
-            msg: format!("invalid --{}: {msg}", setting.replace('_', "-")),
-            code: 2,
-        },
-        e => e.into(),
-    })?;
+    let mut s = Streamer::new(&gpu, cfg)?;
     let mut pb: Option<indicatif::ProgressBar> = None;
     let label = if o.files.len() == 1 {
         o.files[0].display().to_string()
@@ -151,9 +150,7 @@ fn stream(o: StreamOpts) -> Result<ExitCode, CliError> {
         format!("{} files", o.files.len())
     };
     let rep = s.run(&o.files, &mut |done, total| {
-        let bar = pb.get_or_insert_with(|| {
-            progress_bar(total, &label).unwrap_or_else(indicatif::ProgressBar::hidden)
-        });
+        let bar = pb.get_or_insert_with(|| progress_bar(total, &label));
         bar.set_position(done);
     })?;
     if let Some(pb) = pb {

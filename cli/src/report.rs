@@ -2,23 +2,9 @@
 use std::fmt::Write;
 
 use dmafile::StreamReport;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::size::human;
-
-fn paths_json(p: &std::collections::BTreeMap<dmafile::PathKind, u64>) -> Value {
-    let mut m = Map::new();
-    for (k, v) in p {
-        m.insert(k.name().to_string(), json!(v));
-    }
-    Value::Object(m)
-}
-
-fn result_json(r: &Option<dmafile::ShaderResult>) -> Value {
-    r.as_ref()
-        .map(|r| serde_json::to_value(r.to_json()).unwrap_or(Value::Null))
-        .unwrap_or(Value::Null)
-}
 
 pub fn gbps(bytes: u64, secs: f64) -> f64 {
     if secs > 0.0 {
@@ -37,21 +23,21 @@ pub fn stream_json(r: &StreamReport) -> Value {
         "bytes": r.bytes,
         "seconds": r.seconds,
         "gbps": gbps(r.bytes, r.seconds),
-        "paths": paths_json(&r.paths),
+        "paths": r.paths,
         "cpu_copied_bytes": r.cpu_copied_bytes,
         "gpu_copied_bytes": r.gpu_copied_bytes,
         "peak_in_flight_bytes": r.peak_in_flight_bytes,
         "fallbacks": r.fallbacks,
-        "result": result_json(&r.result),
-        "cpu_result": result_json(&r.cpu_result),
+        "result": r.result,
+        "cpu_result": r.cpu_result,
         "verified": r.verified,
         "phases": r.phases,
         "files": r.files.iter().map(|f| json!({
             "path": f.path.display().to_string(),
             "bytes": f.bytes,
-            "paths": paths_json(&f.paths),
-            "result": result_json(&f.result),
-            "cpu_result": result_json(&f.cpu_result),
+            "paths": f.paths,
+            "result": f.result,
+            "cpu_result": f.cpu_result,
             "snapshot_of": f.snapshot_of,
         })).collect::<Vec<_>>(),
     })

@@ -190,57 +190,18 @@ pub fn crc32c_combine(crc_a: u32, crc_b: u32, len_b: u64) -> u32 {
     CrcShift::new(len_b).apply(crc_a, crc_b)
 }
 
-/// Sum of little-endian u32 words mod 2^64, the trailing partial word
-/// zero-padded. `carry` holds the bytes of a partial word left by the previous
-/// call so a stream can be fed in pieces of any size.
-#[derive(Clone, Debug, Default)]
-pub struct Sum64 {
-    sum: u64,
-    pending: [u8; 4],
-    npending: usize,
-}
-
-impl Sum64 {
-    pub fn update(&mut self, mut data: &[u8]) {
-        if self.npending > 0 {
-            let take = (4 - self.npending).min(data.len());
-            self.pending[self.npending..self.npending + take].copy_from_slice(&data[..take]);
-            self.npending += take;
-            data = &data[take..];
-            if self.npending < 4 {
-                return;
-            }
-            self.sum = self
-                .sum
-                .wrapping_add(u32::from_le_bytes(self.pending) as u64);
-            self.npending = 0;
-        }
-        let mut words = data.chunks_exact(4);
-        let mut s = 0u64;
-        for w in &mut words {
-            s = s.wrapping_add(u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as u64);
-        }
-        self.sum = self.sum.wrapping_add(s);
-        let rest = words.remainder();
-        self.pending[..rest.len()].copy_from_slice(rest);
-        self.npending = rest.len();
-    }
-
-    pub fn finish(&self) -> u64 {
-        if self.npending == 0 {
-            return self.sum;
-        }
-        let mut w = [0u8; 4];
-        w[..self.npending].copy_from_slice(&self.pending[..self.npending]);
-        self.sum.wrapping_add(u32::from_le_bytes(w) as u64)
-    }
-}
-
-/// sum64 of a whole buffer.
+/// Sum of the little-endian u32 words of `data`, mod 2^64; a trailing
+/// partial word is zero-padded.
 pub fn sum64(data: &[u8]) -> u64 {
-    let mut s = Sum64::default();
-    s.update(data);
-    s.finish()
+    let mut words = data.chunks_exact(4);
+    let mut s = 0u64;
+    for w in &mut words {
+        s = s.wrapping_add(u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as u64);
+    }
+    let rest = words.remainder();
+    let mut last = [0u8; 4];
+    last[..rest.len()].copy_from_slice(rest);
+    s.wrapping_add(u32::from_le_bytes(last) as u64)
 }
 
 /// Adds the byte histogram of `data` to `bins`.
@@ -347,17 +308,12 @@ mod tests {
     }
 
     #[test]
-    fn sum64_pieces_and_padding() {
+    fn sum64_padding() {
         assert_eq!(sum64(&[]), 0);
         assert_eq!(sum64(&[1]), 1);
         assert_eq!(sum64(&[0, 0, 0, 0, 0, 1]), 0x100);
         assert_eq!(sum64(&[0xff; 8]), 2 * 0xffff_ffffu64);
-        let d = bytes(10_007, 5);
-        let mut s = Sum64::default();
-        for piece in d.chunks(333) {
-            s.update(piece);
-        }
-        assert_eq!(s.finish(), sum64(&d));
+        assert_eq!(sum64(&[0xff; 9]), 2 * 0xffff_ffffu64 + 0xff);
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use ash::vk;
 
-use crate::path::{PathKind, Unavailable};
+use crate::path::Unavailable;
 
 /// Everything that can go wrong in dmafile's runtime.
 #[derive(Debug, thiserror::Error)]
@@ -64,18 +64,6 @@ impl Error {
             _ => None,
         }
     }
-
-    /// True when the error is about the user's input or configuration rather
-    /// than the machine (the CLI maps these to its usage exit code).
-    pub fn is_input_error(&self) -> bool {
-        matches!(
-            self,
-            Error::Io { .. }
-                | Error::BadInput { .. }
-                | Error::Config { .. }
-                | Error::PathUnavailable(_)
-        )
-    }
 }
 
 /// Maps a failed Vulkan call to [`Error::Vulkan`], naming the call.
@@ -97,9 +85,8 @@ impl From<Unavailable> for Error {
     }
 }
 
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn f<T: Send + Sync>() {}
-    f::<Error>();
-    let _ = PathKind::Upload;
-}
+// Errors cross threads (rayon reads, callers' worker threads).
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Error>();
+};

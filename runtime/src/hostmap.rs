@@ -204,11 +204,16 @@ mod tests {
         assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
         assert!(lease.broken(), "the writer's attempt starts the break");
         drop(lease);
-        std::fs::OpenOptions::new().write(true).open(&p).expect("released: writers proceed");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .expect("released: writers proceed");
 
         // With a writer open, no lease is granted.
         let _w = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
-        let e = ReadLease::take(f.as_fd()).err().expect("no lease while a writer is open");
+        let e = ReadLease::take(f.as_fd())
+            .err()
+            .expect("no lease while a writer is open");
         assert_eq!(e.raw_os_error(), Some(libc::EAGAIN));
         std::fs::remove_file(&p).unwrap();
     }

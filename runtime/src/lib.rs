@@ -25,10 +25,7 @@ pub mod source;
 pub mod stream;
 
 pub use error::{Error, Result};
-pub use gpu::{
-    choose_device, enumerate_devices, DeviceInfo, DeviceKind, Features, Gpu,
-    MemoryType,
-};
+pub use gpu::{choose_device, DeviceInfo, DeviceKind, Features, Gpu, MemoryType};
 pub use path::{Fallback, PathAvailability, PathChoice, PathKind, ReasonCode, Unavailable};
 pub use shader::{Accumulator, ShaderKind, ShaderResult};
 pub use source::SourceFile;

@@ -78,27 +78,15 @@ pub enum ShaderResult {
     Histogram(Box<[u64; 256]>),
 }
 
-impl ShaderResult {
-    /// The result as the CLI's JSON shows it: crc32c as "0x%08x", sum64 as a
-    /// decimal string (it does not fit a JSON double), histogram as 256 numbers.
-    pub fn to_json(&self) -> serde_json_value::Value {
+/// Serializes as the CLI's JSON shows results: crc32c as "0x%08x", sum64 as a
+/// decimal string (it does not fit a JSON double), histogram as 256 numbers.
+impl Serialize for ShaderResult {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            ShaderResult::Crc32c(c) => serde_json_value::Value::String(format!("0x{c:08x}")),
-            ShaderResult::Sum64(s) => serde_json_value::Value::String(s.to_string()),
-            ShaderResult::Histogram(h) => serde_json_value::Value::Array(h.to_vec()),
+            ShaderResult::Crc32c(c) => s.collect_str(&format_args!("0x{c:08x}")),
+            ShaderResult::Sum64(v) => s.collect_str(v),
+            ShaderResult::Histogram(h) => h[..].serialize(s),
         }
-    }
-}
-
-/// A tiny stand-in for a JSON value so the library need not depend on
-/// serde_json: it serializes as a string or an array of numbers.
-pub mod serde_json_value {
-    use serde::Serialize;
-    #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-    #[serde(untagged)]
-    pub enum Value {
-        String(String),
-        Array(Vec<u64>),
     }
 }
 
@@ -196,14 +184,22 @@ impl Accumulator {
         self.len += other.len;
     }
 
-    /// Feeds bytes computed on the CPU (the reference, or a snapshot).
+    /// Feeds the next bytes of the stream, computing on the CPU (the
+    /// reference for --verify). Like the GPU's chunks, every piece but the
+    /// last must be a whole number of 4-byte words: sum64 pads each piece's
+    /// tail, so a misaligned piece would change the sum.
+    ///
+    /// # Panics
+    /// If a piece follows one whose length was not a multiple of 4.
     pub fn update_cpu(&mut self, data: &[u8]) {
+        assert!(
+            self.len % 4 == 0,
+            "Accumulator::update_cpu: a piece followed one of {} bytes (not whole words)",
+            self.len
+        );
         match self.kind {
             ShaderKind::Crc32c => self.crc = cpu::crc32c_raw(self.crc, data),
-            ShaderKind::Sum64 => {
-                // Stream pieces the CPU sees are 4-byte aligned except the last.
-                self.sum = self.sum.wrapping_add(cpu::sum64(data));
-            }
+            ShaderKind::Sum64 => self.sum = self.sum.wrapping_add(cpu::sum64(data)),
             ShaderKind::Histogram => cpu::histogram_update(&mut self.bins, data),
             ShaderKind::None => {}
         }
@@ -236,7 +232,7 @@ mod tests {
     fn append_joins_streams() {
         let a: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
         let b: Vec<u8> = (0..5_003u32).map(|i| (i * 13 + 1) as u8).collect();
-        let mut whole = [a.clone(), b.clone()].concat();
+        let whole = [a.clone(), b.clone()].concat();
         for kind in [ShaderKind::Crc32c, ShaderKind::Histogram] {
             let mut x = Accumulator::new(kind);
             x.update_cpu(&a);
@@ -247,6 +243,27 @@ mod tests {
             z.update_cpu(&whole);
             assert_eq!(x.result(), z.result(), "{kind}");
         }
-        whole.clear();
+    }
+
+    #[test]
+    fn pieces_of_whole_words_fold_like_one() {
+        let d: Vec<u8> = (0..10_007u32).map(|i| (i * 31 + 5) as u8).collect();
+        for kind in [ShaderKind::Crc32c, ShaderKind::Sum64, ShaderKind::Histogram] {
+            let mut pieces = Accumulator::new(kind);
+            for p in d.chunks(332) {
+                pieces.update_cpu(p);
+            }
+            let mut one = Accumulator::new(kind);
+            one.update_cpu(&d);
+            assert_eq!(pieces.result(), one.result(), "{kind}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "not whole words")]
+    fn a_piece_after_a_partial_word_is_refused() {
+        let mut a = Accumulator::new(ShaderKind::Sum64);
+        a.update_cpu(&[1, 2, 3]);
+        a.update_cpu(&[4]);
     }
 }

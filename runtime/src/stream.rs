@@ -234,7 +234,7 @@ impl Streamer {
             next_value: 0,
             setup_s: 0.0,
         };
-        let kernels = Kernels::new(dev)?;
+        let kernels = Kernels::new(dev, s.cfg.shader)?;
         let pci = vk::CommandPoolCreateInfo::default()
             .queue_family_index(dev.queue_family)
             .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER);
@@ -581,7 +581,7 @@ impl Streamer {
                 let bytes = staging
                     .host_bytes_mut()
                     .ok_or_else(|| Error::DeviceUnsuitable {
-                        device: dev.info.name.clone(),
+                        device: dev.info().name.clone(),
                         what: "upload memory is not host-visible".into(),
                     })?;
                 let dst = &mut bytes[..n as usize];
@@ -593,7 +593,7 @@ impl Streamer {
                 let padded = (n as usize).next_multiple_of(4);
                 bytes[n as usize..padded].fill(0);
                 st.cpu_copied += n;
-                if (!dev.info.host_visible_device_local || self.cfg.force_staging)
+                if (!dev.info().host_visible_device_local || self.cfg.force_staging)
                     && slot.device_copy.is_none()
                 {
                     slot.device_copy = Some(Buffer::allocate(&dev, chunk, Placement::Device)?);
@@ -601,7 +601,7 @@ impl Streamer {
                 Ok(())
             }
             PathKind::Host => {
-                let align = dev.info.min_imported_host_pointer_alignment;
+                let align = dev.info().min_imported_host_pointer_alignment;
                 let map = HostMapping::map(f.fd(), off, n, align)
                     .map_err(|e| Error::io(f.path(), "cannot mmap", e))?;
                 slot.input = Some(Buffer::import_host(&dev, map)?);
@@ -674,7 +674,7 @@ impl Streamer {
                 staging.buffer
             }
         };
-        if let Some(pipeline) = kernels.pipeline(shader) {
+        if let Some(pipeline) = kernels.pipeline() {
             let out_bytes = shader.output_bytes(n);
             let infos = [
                 vk::DescriptorBufferInfo::default()

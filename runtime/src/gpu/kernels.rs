@@ -1,7 +1,6 @@
 //! The compute pipelines for the sample shaders, sharing one interface
 //! (shaders/common.glsl): binding 0 input words, 1 output, 2 tables, and a
 //! push constant with the number of valid input bytes.
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use ash::vk;
@@ -22,12 +21,14 @@ pub(crate) struct Kernels {
     dev: Arc<DeviceShared>,
     pub set_layout: vk::DescriptorSetLayout,
     pub layout: vk::PipelineLayout,
-    pipelines: HashMap<ShaderKind, vk::Pipeline>,
+    pipeline: Option<vk::Pipeline>,
     pub tables: Buffer,
 }
 
 impl Kernels {
-    pub fn new(dev: &Arc<DeviceShared>) -> Result<Kernels> {
+    /// The interface shared by all shaders, and the pipeline of `shader`
+    /// alone (none for [`ShaderKind::None`]).
+    pub fn new(dev: &Arc<DeviceShared>, shader: ShaderKind) -> Result<Kernels> {
         let d = &dev.device;
         let bindings: Vec<_> = (0..3)
             .map(|b| {
@@ -46,7 +47,7 @@ impl Kernels {
             dev: dev.clone(),
             set_layout,
             layout: vk::PipelineLayout::null(),
-            pipelines: HashMap::new(),
+            pipeline: None,
             tables: Buffer::allocate(dev, 4096, Placement::Upload)?,
         };
         let ranges = [vk::PushConstantRange::default()
@@ -59,20 +60,21 @@ impl Kernels {
             .push_constant_ranges(&ranges);
         // SAFETY: valid create info.
         k.layout = unsafe { d.create_pipeline_layout(&ci, None) }.vk("vkCreatePipelineLayout")?;
-        for (kind, spv) in [
-            (ShaderKind::Crc32c, SPV_CRC32C),
-            (ShaderKind::Sum64, SPV_SUM64),
-            (ShaderKind::Histogram, SPV_HISTOGRAM),
-        ] {
-            let p = k.make_pipeline(spv)?;
-            k.pipelines.insert(kind, p);
+        let spv = match shader {
+            ShaderKind::Crc32c => Some(SPV_CRC32C),
+            ShaderKind::Sum64 => Some(SPV_SUM64),
+            ShaderKind::Histogram => Some(SPV_HISTOGRAM),
+            ShaderKind::None => None,
+        };
+        if let Some(spv) = spv {
+            k.pipeline = Some(k.make_pipeline(spv)?);
         }
         let tables = crate::cpu::crc32c_shader_tables();
         let bytes = k
             .tables
             .host_bytes_mut()
             .ok_or_else(|| Error::DeviceUnsuitable {
-                device: dev.info.name.clone(),
+                device: dev.info().name.clone(),
                 what: "upload memory is not host-visible".into(),
             })?;
         for (dst, t) in bytes.chunks_exact_mut(4).zip(tables) {
@@ -108,8 +110,8 @@ impl Kernels {
         }
     }
 
-    pub fn pipeline(&self, kind: ShaderKind) -> Option<vk::Pipeline> {
-        self.pipelines.get(&kind).copied()
+    pub fn pipeline(&self) -> Option<vk::Pipeline> {
+        self.pipeline
     }
 
     /// Workgroups to dispatch for `len` input bytes.
@@ -125,8 +127,8 @@ impl Drop for Kernels {
         let d = &self.dev.device;
         // SAFETY: owners wait for the device to be idle before dropping kernels.
         unsafe {
-            for p in self.pipelines.values() {
-                d.destroy_pipeline(*p, None);
+            if let Some(p) = self.pipeline {
+                d.destroy_pipeline(p, None);
             }
             d.destroy_pipeline_layout(self.layout, None);
             d.destroy_descriptor_set_layout(self.set_layout, None);

@@ -83,7 +83,7 @@ impl Buffer {
             // SAFETY: not bound, not in use.
             unsafe { d.destroy_buffer(buffer, None) };
             return Err(Error::DeviceUnsuitable {
-                device: dev.info.name.clone(),
+                device: dev.info().name.clone(),
                 what: format!("no memory type for {placement:?} buffers"),
             });
         };
@@ -125,7 +125,7 @@ impl Buffer {
         let d = &dev.device;
         let Some(ext) = dev.host_ext.as_ref() else {
             return Err(Error::DeviceUnsuitable {
-                device: dev.info.name.clone(),
+                device: dev.info().name.clone(),
                 what: "no VK_EXT_external_memory_host".into(),
             });
         };

@@ -14,7 +14,6 @@ use crate::path::{kernel_side, PathAvailability, PathKind, ReasonCode, Unavailab
 pub(crate) mod kernels;
 pub(crate) mod memory;
 
-
 /// The kind of a physical device, in the order dmafile prefers them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -107,7 +106,25 @@ pub(crate) struct DeviceShared {
     pub queue_family: u32,
     pub host_ext: Option<ash::ext::external_memory_host::Device>,
     pub mem_props: vk::PhysicalDeviceMemoryProperties,
-    pub info: DeviceInfo,
+    /// Every device the instance sees, and which one is open.
+    pub devices: Vec<DeviceInfo>,
+    pub chosen: usize,
+}
+
+impl DeviceShared {
+    pub fn info(&self) -> &DeviceInfo {
+        &self.devices[self.chosen]
+    }
+}
+
+/// What `open_device` made, handed to `DeviceShared` by `Gpu::open`.
+struct Opened {
+    device: ash::Device,
+    queue_family: u32,
+    host_ext: Option<ash::ext::external_memory_host::Device>,
+    mem_props: vk::PhysicalDeviceMemoryProperties,
+    devices: Vec<DeviceInfo>,
+    chosen: usize,
 }
 
 impl Drop for DeviceShared {
@@ -184,21 +201,16 @@ fn describe(instance: &ash::Instance, index: usize, pd: vk::PhysicalDevice) -> R
     let mp = unsafe { instance.get_physical_device_memory_properties(pd) };
     let memory_types: Vec<MemoryType> = mp.memory_types[..mp.memory_type_count as usize]
         .iter()
-        .map(|t| MemoryType {
-            heap: t.heap_index,
-            heap_size: mp.memory_heaps[t.heap_index as usize].size,
-            device_local: t
-                .property_flags
-                .contains(vk::MemoryPropertyFlags::DEVICE_LOCAL),
-            host_visible: t
-                .property_flags
-                .contains(vk::MemoryPropertyFlags::HOST_VISIBLE),
-            host_coherent: t
-                .property_flags
-                .contains(vk::MemoryPropertyFlags::HOST_COHERENT),
-            host_cached: t
-                .property_flags
-                .contains(vk::MemoryPropertyFlags::HOST_CACHED),
+        .map(|t| {
+            let has = |f| t.property_flags.contains(f);
+            MemoryType {
+                heap: t.heap_index,
+                heap_size: mp.memory_heaps[t.heap_index as usize].size,
+                device_local: has(vk::MemoryPropertyFlags::DEVICE_LOCAL),
+                host_visible: has(vk::MemoryPropertyFlags::HOST_VISIBLE),
+                host_coherent: has(vk::MemoryPropertyFlags::HOST_COHERENT),
+                host_cached: has(vk::MemoryPropertyFlags::HOST_CACHED),
+            }
         })
         .collect();
     let host_visible_device_local = memory_types
@@ -240,24 +252,6 @@ fn describe(instance: &ash::Instance, index: usize, pd: vk::PhysicalDevice) -> R
         memory_types,
         host_visible_device_local,
     })
-}
-
-/// Lists the Vulkan devices without opening any.
-pub fn enumerate_devices() -> Result<Vec<DeviceInfo>> {
-    let entry = load_entry()?;
-    let instance = create_instance(&entry)?;
-    let result = (|| {
-        // SAFETY: instance is valid.
-        let pds =
-            unsafe { instance.enumerate_physical_devices() }.vk("vkEnumeratePhysicalDevices")?;
-        pds.iter()
-            .enumerate()
-            .map(|(i, &pd)| describe(&instance, i, pd))
-            .collect()
-    })();
-    // SAFETY: no object was created from this instance.
-    unsafe { instance.destroy_instance(None) };
-    result
 }
 
 /// Picks a device: `wanted` (DMAFILE_DEVICE) is an index or a substring of
@@ -319,19 +313,20 @@ impl Gpu {
         let entry = load_entry()?;
         let instance = create_instance(&entry)?;
         match Self::open_device(&instance, wanted) {
-            Ok((device, _physical, queue_family, info, host_ext, mem_props)) => {
+            Ok(o) => {
                 // SAFETY: queue family `queue_family` with one queue was requested.
-                let queue = unsafe { device.get_device_queue(queue_family, 0) };
+                let queue = unsafe { o.device.get_device_queue(o.queue_family, 0) };
                 Ok(Gpu {
                     shared: Arc::new(DeviceShared {
                         _entry: entry,
                         instance,
-                        device,
+                        device: o.device,
                         queue: Mutex::new(queue),
-                        queue_family,
-                        host_ext,
-                        mem_props,
-                        info,
+                        queue_family: o.queue_family,
+                        host_ext: o.host_ext,
+                        mem_props: o.mem_props,
+                        devices: o.devices,
+                        chosen: o.chosen,
                     }),
                 })
             }
@@ -343,18 +338,7 @@ impl Gpu {
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn open_device(
-        instance: &ash::Instance,
-        wanted: Option<&str>,
-    ) -> Result<(
-        ash::Device,
-        vk::PhysicalDevice,
-        u32,
-        DeviceInfo,
-        Option<ash::ext::external_memory_host::Device>,
-        vk::PhysicalDeviceMemoryProperties,
-    )> {
+    fn open_device(instance: &ash::Instance, wanted: Option<&str>) -> Result<Opened> {
         // SAFETY: instance is valid.
         let pds =
             unsafe { instance.enumerate_physical_devices() }.vk("vkEnumeratePhysicalDevices")?;
@@ -365,10 +349,10 @@ impl Gpu {
             .collect::<Result<Vec<_>>>()?;
         let idx = choose_device(&infos, wanted)?;
         let pd = pds[idx];
-        let info = infos[idx].clone();
+        let info = &infos[idx];
         if !info.features.timeline_semaphore {
             return Err(Error::DeviceUnsuitable {
-                device: info.name,
+                device: info.name.clone(),
                 what: "no timeline semaphores (Vulkan 1.2 needed)".into(),
             });
         }
@@ -408,12 +392,30 @@ impl Gpu {
             .then(|| ash::ext::external_memory_host::Device::new(instance, &device));
         // SAFETY: pd is valid.
         let mem_props = unsafe { instance.get_physical_device_memory_properties(pd) };
-        Ok((device, pd, family, info, host_ext, mem_props))
+        Ok(Opened {
+            device,
+            queue_family: family,
+            host_ext,
+            mem_props,
+            devices: infos,
+            chosen: idx,
+        })
     }
 
     /// The capability report of the open device.
     pub fn info(&self) -> &DeviceInfo {
-        &self.shared.info
+        self.shared.info()
+    }
+
+    /// Every Vulkan device the instance sees (the open one is
+    /// `devices()[chosen()]`).
+    pub fn devices(&self) -> &[DeviceInfo] {
+        &self.shared.devices
+    }
+
+    /// Position of the open device in [`Gpu::devices`].
+    pub fn chosen(&self) -> usize {
+        self.shared.chosen
     }
 
     /// Whether each path can work on this machine with this device, and why not.
@@ -439,8 +441,8 @@ impl Gpu {
 
     /// Why `kind` cannot be used at all on this machine, if it cannot.
     pub fn unavailable(&self, kind: PathKind) -> Option<Unavailable> {
-        let f = &self.shared.info.features;
-        let name = &self.shared.info.name;
+        let f = &self.shared.info().features;
+        let name = &self.shared.info().name;
         match kind {
             PathKind::Direct | PathKind::Heap => {
                 if !f.external_memory_dma_buf {
