@@ -236,18 +236,7 @@ pub fn histogram(data: &[u8]) -> [u64; 256] {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bytes(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::test_common::data;
 
     #[test]
     fn crc32c_check_values() {
@@ -263,14 +252,14 @@ mod tests {
     #[test]
     fn sw_and_hw_agree() {
         for n in [0, 1, 7, 8, 9, 4095, 4096, 4097, 100_003] {
-            let d = bytes(n, n as u64);
+            let d = data(n, n as u64);
             assert_eq!(crc32c_raw_sw(!0, &d), crc32c_raw(!0, &d), "n={n}");
         }
     }
 
     #[test]
     fn combine_matches_concatenation() {
-        let d = bytes(20_000, 3);
+        let d = data(20_000, 3);
         for split in [0, 1, 3, 4096, 12_345, 20_000] {
             let (a, b) = d.split_at(split);
             assert_eq!(
@@ -291,7 +280,7 @@ mod tests {
         assert_eq!(t.len(), 1024);
         assert_eq!(t[1], 0xF26B_8303);
         // Emulate the shader's word step on the CPU and compare.
-        let d = bytes(4096 + 3, 9);
+        let d = data(4096 + 3, 9);
         let mut crc = 0u32;
         let words = d.len() / 4;
         for i in 0..words {
@@ -318,7 +307,7 @@ mod tests {
 
     #[test]
     fn histogram_counts() {
-        let d = bytes(9_999, 7);
+        let d = data(9_999, 7);
         let h = histogram(&d);
         assert_eq!(h.iter().sum::<u64>(), 9_999);
         let mut naive = [0u64; 256];

@@ -23,6 +23,9 @@ pub mod path;
 pub mod shader;
 pub mod source;
 pub mod stream;
+#[cfg(test)]
+#[path = "../../tests/common/mod.rs"]
+mod test_common;
 
 pub use error::{Error, Result};
 pub use gpu::{choose_device, DeviceInfo, DeviceKind, Features, Gpu, MemoryType};

@@ -2,44 +2,16 @@
 //! (lavapipe in CI) and compares every result with an independent CPU
 //! computation over the same bytes.
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+use common::{data, TempDir};
 
 use dmafile::cpu;
 use dmafile::{
     Error, Gpu, PathChoice, PathKind, ReasonCode, ShaderKind, ShaderResult, StreamConfig, Streamer,
 };
-
-fn data(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("dmafile-rt-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, bytes).unwrap();
-        p
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn expected(kind: ShaderKind, d: &[u8]) -> Option<ShaderResult> {
     match kind {

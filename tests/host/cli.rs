@@ -1,12 +1,15 @@
 //! Host tests of the `dmafile` binary on the default Vulkan device (lavapipe
 //! in CI). They run the real binary on real files and compare real values.
-use std::io::Read;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+
+#[path = "../common/mod.rs"]
+mod common;
+use common::{data, TempDir};
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_dmafile")
@@ -20,38 +23,13 @@ fn dmafile(args: &[&str]) -> Output {
         .expect("run dmafile")
 }
 
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("dmafile-cli-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, bytes).unwrap();
-        p
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn data(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
+/// The `result` of a histogram run as 256 counts.
+fn histogram_of(v: &Value) -> Vec<u64> {
+    v["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
         .collect()
 }
 
@@ -121,13 +99,7 @@ fn json_has_the_documented_fields() {
         "upload",
         "--json",
     ]));
-    let h: Vec<u64> = v["result"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap())
-        .collect();
-    assert_eq!(h, dmafile::cpu::histogram(&d).to_vec());
+    assert_eq!(histogram_of(&v), dmafile::cpu::histogram(&d).to_vec());
     assert_eq!(v["cpu_copied_bytes"], d.len() as u64);
     assert_eq!(v["paths"]["upload"], d.len() as u64);
     // The human summary carries the same facts.
@@ -254,94 +226,53 @@ fn proc_files_are_streamed_from_a_snapshot() {
     assert!(v["paths"]["upload"].as_u64().unwrap() > 0);
 }
 
-/// Streams a file while another process truncates it. The outcome is an
-/// error naming the change, or (if the truncation lost the race) the
-/// checksum of the whole original file: never anything else.
-fn truncate_during_stream(path: &str, shrink_to: u64) -> (Option<i32>, String, Vec<u8>) {
-    let dir = TempDir::new(&format!("trunc-{path}"));
-    let d = data(64 << 20, 9);
-    let f = dir.file("f", &d);
-    let fs = f.to_str().unwrap().to_string();
-    let mut child = Command::new(bin())
-        .args([
-            "stream",
-            &fs,
-            "--path",
-            path,
-            "--chunk",
-            "256K",
-            "--depth",
-            "2",
-            "--shader",
-            "histogram",
-            "--verify",
-            "--json",
-        ])
-        .env("DMAFILE_NO_PROGRESS", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(150));
-    // GNU truncate opens with O_NONBLOCK: while dmafile holds a read lease it
-    // gets EWOULDBLOCK (and the lease break starts); retry like a writer would.
-    let mut tries = 0;
-    while !Command::new("truncate")
-        .args(["-s", &shrink_to.to_string(), &fs])
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success()
-    {
-        tries += 1;
-        assert!(tries < 200, "truncate never got through");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let st = child.wait().unwrap();
-    if st.success() {
-        let v: Value = serde_json::from_str(&out).unwrap();
-        let h: Vec<u64> = v["result"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap())
-            .collect();
-        assert_eq!(
-            h,
-            dmafile::cpu::histogram(&d).to_vec(),
-            "a success must describe the original file"
-        );
-    } else {
-        assert!(out.is_empty(), "nothing on stdout after an error");
-    }
-    assert_eq!(
-        std::fs::metadata(&f).unwrap().len(),
-        shrink_to,
-        "the truncate went through"
-    );
-    (st.code(), err, d)
-}
-
+/// Streams a 64 MiB file while another process truncates it: the stream
+/// must end in an error that names the change, print nothing on stdout, and
+/// let the truncate through.
 #[test]
 fn truncation_by_another_process_is_reported() {
     for path in ["host", "upload"] {
-        let (code, err, _) = truncate_during_stream(path, 1 << 20);
-        assert_eq!(code, Some(2), "{path}: {err}");
+        let dir = TempDir::new(&format!("trunc-{path}"));
+        let f = dir.file("f", &data(64 << 20, 9));
+        let fs = f.to_str().unwrap();
+        let child = Command::new(bin())
+            .args([
+                "stream", fs, "--path", path, "--chunk", "256K", "--depth", "2",
+            ])
+            .args(["--shader", "histogram", "--verify", "--json"])
+            .env("DMAFILE_NO_PROGRESS", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        // GNU truncate opens with O_NONBLOCK: while dmafile holds a read lease
+        // it gets EWOULDBLOCK (and the lease break starts); retry like a writer.
+        let mut tries = 0;
+        while !Command::new("truncate")
+            .args(["-s", "1M", fs])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+        {
+            tries += 1;
+            assert!(tries < 200, "{path}: truncate never got through");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{path}: {err}");
+        assert!(
+            o.stdout.is_empty(),
+            "{path}: nothing on stdout after an error"
+        );
         assert!(err.contains("changed while streaming"), "{path}: {err}");
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().len(),
+            1 << 20,
+            "the truncate went through"
+        );
     }
 }
 

@@ -1,22 +1,25 @@
 //! The sample's real job: write a manifest, check it, and catch a changed file.
-use std::process::Command;
+use std::ffi::OsStr;
+use std::process::{Command, Output};
+
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+use common::{data, TempDir};
+
+fn crc32c_sum<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(args: I) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_crc32c-sum"))
+        .args(args)
+        .output()
+        .unwrap()
+}
 
 #[test]
 fn manifest_round_trip_and_mismatch() {
-    let dir = std::env::temp_dir().join(format!("crc32c-sum-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let a = dir.join("a.bin");
-    let b = dir.join("b.bin");
-    let da: Vec<u8> = (0..200_003u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    std::fs::write(&a, &da).unwrap();
-    std::fs::write(&b, b"hello").unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_crc32c-sum"))
-        .arg(&a)
-        .arg(&b)
-        .output()
-        .unwrap();
+    let dir = TempDir::new("crc32c-sum");
+    let da = data(200_003, 21);
+    let a = dir.file("a.bin", &da);
+    let b = dir.file("b.bin", b"hello");
+    let o = crc32c_sum([&a, &b]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let manifest = String::from_utf8(o.stdout).unwrap();
     let want = format!(
@@ -27,33 +30,23 @@ fn manifest_round_trip_and_mismatch() {
         b.display()
     );
     assert_eq!(manifest, want);
-    let m = dir.join("manifest");
-    std::fs::write(&m, &manifest).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_crc32c-sum"))
-        .arg("-c")
-        .arg(&m)
-        .output()
-        .unwrap();
+
+    let m = dir.file("manifest", manifest.as_bytes());
+    let check = || crc32c_sum([OsStr::new("-c"), m.as_os_str()]);
+    let o = check();
     assert!(o.status.success());
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).matches(": OK").count(),
         2
     );
+
     std::fs::write(&b, b"hellO").unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_crc32c-sum"))
-        .arg("-c")
-        .arg(&m)
-        .output()
-        .unwrap();
+    let o = check();
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stdout).contains("b.bin: FAILED"));
+
     std::fs::write(&m, "not a manifest\n").unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_crc32c-sum"))
-        .arg("-c")
-        .arg(&m)
-        .output()
-        .unwrap();
+    let o = check();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("manifest line 1"));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
