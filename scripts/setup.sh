@@ -2,12 +2,10 @@
 # Installs everything dmafile's build, demo and tests need on Debian 12 (bookworm).
 # Idempotent: a second run only checks. Run as root (CI and the dev machines are).
 #   scripts/setup.sh host    - Vulkan (Mesa >= 25 lavapipe), shader tools, Python checks
-#   scripts/setup.sh guest   - plus the guest kernel toolchain (qemu, virtme-ng, 6.12 kernel)
 set -euo pipefail
 what=${1:-host}
 here=$(cd "$(dirname "$0")/.." && pwd)
-stamp_dir=${DMAFILE_CACHE:-$here/.cache}/stamps
-mkdir -p "$stamp_dir"
+venv=${DMAFILE_CACHE:-$here/.cache}/venv
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -42,16 +40,14 @@ pkg_missing() {
     done
 }
 
-apt_install() { # [-t suite] pkgs...
-    local suite=()
-    if [ "$1" = -t ]; then suite=(-t "$2"); shift 2; fi
+apt_install() { # pkgs...
     local missing
     missing=$(pkg_missing "$@")
     [ -z "$missing" ] && return 0
     apt_update
-    log "apt-get install ${suite[*]} $missing"
+    log "apt-get install $missing"
     # shellcheck disable=SC2086
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${suite[@]}" $missing >/dev/null
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends $missing >/dev/null
 }
 
 mesa_major() {
@@ -73,7 +69,6 @@ setup_host() {
     major=$(mesa_major)
     [ "$major" -ge 25 ] || { log "Mesa $major installed, need >= 25"; exit 1; }
     # Independent CRC-32C implementation used by the tests to check ours.
-    local venv=${DMAFILE_CACHE:-$here/.cache}/venv
     if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import crc32c' 2>/dev/null; then
         log "creating Python venv with crc32c in $venv"
         python3 -m venv "$venv"
@@ -81,21 +76,8 @@ setup_host() {
     fi
 }
 
-setup_guest() {
-    setup_host
-    apt_install busybox-static kmod e2fsprogs xfsprogs btrfs-progs util-linux ndctl \
-        sparse bc flex bison libelf-dev libssl-dev cpio xz-utils
-    apt_install -t bookworm-backports qemu-system-x86
-    local venv=${DMAFILE_CACHE:-$here/.cache}/venv
-    if ! [ -x "$venv/bin/vng" ]; then
-        log "installing virtme-ng into $venv"
-        "$venv/bin/pip" install -q virtme-ng
-    fi
-}
-
 case "$what" in
 host) setup_host ;;
-guest) setup_guest ;;
-*) log "usage: $0 host|guest"; exit 2 ;;
+*) log "usage: $0 host"; exit 2 ;;
 esac
 log "$what environment ready"
