@@ -18,8 +18,6 @@ pub(crate) struct HostMapping {
 
 // SAFETY: the mapping is plain memory; the struct only unmaps it on drop.
 unsafe impl Send for HostMapping {}
-// SAFETY: shared access is read-only.
-unsafe impl Sync for HostMapping {}
 
 impl HostMapping {
     /// Maps `len` bytes of `fd` at `offset` (a multiple of the page size;

@@ -491,6 +491,9 @@ impl Streamer {
             self.next_slot = (s + 1) % self.slots.len();
             self.complete(s, files, leases, &mut st)?;
         }
+        // Every file must be unchanged at the end of the whole stream, not
+        // only when its own last chunk finished: an early file may change
+        // while later ones stream (and an empty file has no chunk at all).
         for (f, l) in files.iter().zip(leases.iter_mut()) {
             check_lease(f, l)?;
             *l = None; // nothing is mapped any more
