@@ -19,6 +19,7 @@ pub mod cpu;
 mod error;
 mod gpu;
 mod hostmap;
+pub mod kmod;
 pub mod path;
 pub mod shader;
 pub mod source;
