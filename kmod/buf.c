@@ -58,16 +58,27 @@ static bool dmafile_buf_writable(const struct dmafile_buf *buf)
 	return buf->flags & DMAFILE_MAP_WRITE;
 }
 
-/* Is this page still the file's page at the index the buffer expects? */
+/*
+ * Is page @i still the file's page at the index the buffer expects, and
+ * inside the file? Truncation either drops pages from the page cache or,
+ * for a large folio it cannot split (ours are pinned), zeroes them in place
+ * past the new EOF; both leave pages that are no longer part of the file.
+ */
 static bool dmafile_page_current(const struct dmafile_buf *buf,
-				 unsigned long i)
+				 unsigned long i, pgoff_t eof_index)
 {
 	struct page *page = buf->pages[i];
 	struct folio *folio = page_folio(page);
 
-	return READ_ONCE(folio->mapping) == buf->file->f_mapping &&
+	return buf->index + i < eof_index &&
+	       READ_ONCE(folio->mapping) == buf->file->f_mapping &&
 	       READ_ONCE(folio->index) + folio_page_idx(folio, page) ==
 	       buf->index + i;
+}
+
+static pgoff_t dmafile_eof_index(const struct dmafile_buf *buf)
+{
+	return DIV_ROUND_UP_ULL(i_size_read(file_inode(buf->file)), PAGE_SIZE);
 }
 
 static int dmafile_attach(struct dma_buf *dmabuf,
@@ -293,10 +304,16 @@ static const struct dma_buf_ops dmafile_dmabuf_ops = {
 	.vunmap = dmafile_vunmap,
 };
 
-/* Which refusal a failed pin was, judged after the fact. */
-static u32 dmafile_pin_reason(struct dmafile_buf *buf, int err)
+/*
+ * Which refusal a failed pin at page @i was. GUP turns both a read error
+ * and a fault past EOF into -EFAULT; reading the page again tells which.
+ */
+static u32 dmafile_pin_reason(struct dmafile_buf *buf, int err,
+			      unsigned long i)
 {
-	loff_t end = ((loff_t)buf->index + buf->npages) << PAGE_SHIFT;
+	struct address_space *mapping = buf->file->f_mapping;
+	pgoff_t index = buf->index + i;
+	struct folio *folio;
 
 	switch (err) {
 	case -ENOMEM:
@@ -307,11 +324,17 @@ static u32 dmafile_pin_reason(struct dmafile_buf *buf, int err)
 	case -EOPNOTSUPP:
 		return DMAFILE_REASON_FS_NOT_SUPPORTED;
 	}
-	if (PAGE_ALIGN(i_size_read(file_inode(buf->file))) < end)
+	if (index >= dmafile_eof_index(buf))
 		return DMAFILE_REASON_FILE_CHANGED;
-	if (dmafile_buf_writable(buf))
-		return DMAFILE_REASON_WRITE_PIN_NOT_ALLOWED;
-	return DMAFILE_REASON_IO_ERROR;
+	/* shmem has no read_folio, and no read errors to find. */
+	if (shmem_mapping(mapping))
+		return DMAFILE_REASON_FILE_CHANGED;
+	folio = read_mapping_folio(mapping, index, buf->file);
+	if (IS_ERR(folio))
+		return PTR_ERR(folio) == -EIO ? DMAFILE_REASON_IO_ERROR :
+						DMAFILE_REASON_FILE_CHANGED;
+	folio_put(folio);
+	return DMAFILE_REASON_FILE_CHANGED;
 }
 
 static int dmafile_reason_errno(u32 reason, int err)
@@ -321,8 +344,6 @@ static int dmafile_reason_errno(u32 reason, int err)
 		return -EAGAIN;
 	case DMAFILE_REASON_INTERRUPTED:
 		return -EINTR;
-	case DMAFILE_REASON_WRITE_PIN_NOT_ALLOWED:
-		return -EOPNOTSUPP;
 	case DMAFILE_REASON_IO_ERROR:
 		return -EIO;
 	}
@@ -339,6 +360,7 @@ static int dmafile_pin(struct dmafile_buf *buf, loff_t offset, u32 *reason)
 	unsigned long len = buf->npages << PAGE_SHIFT;
 	unsigned int gup = FOLL_LONGTERM | (write ? FOLL_WRITE : 0);
 	unsigned long addr, done = 0, i;
+	pgoff_t eof_index;
 	int ret = 0;
 
 	addr = vm_mmap(buf->file, 0, len, PROT_READ | (write ? PROT_WRITE : 0),
@@ -374,15 +396,16 @@ static int dmafile_pin(struct dmafile_buf *buf, loff_t offset, u32 *reason)
 		 * threads could have replaced it, and the file may have been
 		 * truncated meanwhile: keep only pages that are the file's.
 		 */
+		eof_index = dmafile_eof_index(buf);
 		for (i = 0; i < done; i++) {
-			if (!dmafile_page_current(buf, i)) {
+			if (!dmafile_page_current(buf, i, eof_index)) {
 				*reason = DMAFILE_REASON_FILE_CHANGED;
 				ret = -EAGAIN;
 				break;
 			}
 		}
 	} else {
-		*reason = dmafile_pin_reason(buf, ret);
+		*reason = dmafile_pin_reason(buf, ret, done);
 		ret = dmafile_reason_errno(*reason, ret);
 	}
 	if (ret)
@@ -540,6 +563,7 @@ int dmafile_buf_status(struct dma_buf *dmabuf, struct dmafile_status *st)
 {
 	struct dmafile_buf *buf;
 	struct kstat stat;
+	pgoff_t eof_index;
 	unsigned long i;
 	int ret;
 
@@ -561,8 +585,9 @@ int dmafile_buf_status(struct dma_buf *dmabuf, struct dmafile_status *st)
 	st->length = (u64)buf->npages << PAGE_SHIFT;
 	st->file_size = stat.size;
 	st->stale_pages = 0;
+	eof_index = DIV_ROUND_UP_ULL(stat.size, PAGE_SIZE);
 	for (i = 0; i < buf->npages; i++) {
-		if (!dmafile_page_current(buf, i))
+		if (!dmafile_page_current(buf, i, eof_index))
 			st->stale_pages++;
 		if (!(i % DMAFILE_PIN_BATCH)) {
 			if (fatal_signal_pending(current))

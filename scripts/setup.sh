@@ -2,6 +2,8 @@
 # Installs everything dmafile's build, demo and tests need on Debian 12 (bookworm).
 # Idempotent: a second run only checks. Run as root (CI and the dev machines are).
 #   scripts/setup.sh host    - Vulkan (Mesa >= 25 lavapipe), shader tools, Python checks
+#   scripts/setup.sh guest   - host + Debian's 6.12 kernel (image, modules, headers,
+#                              source), qemu 10, virtme-ng, filesystem tools, sparse
 set -euo pipefail
 what=${1:-host}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -76,8 +78,50 @@ setup_host() {
     fi
 }
 
+# The guest kernel: Debian's 6.12 from bookworm-backports. Installing the
+# packages puts the image under /boot and the modules under /lib/modules; the
+# running host kernel is untouched (nothing here boots it).
+guest_kernel_pkgs() {
+    apt-cache depends -t bookworm-backports linux-image-amd64 linux-headers-amd64 2>/dev/null |
+        awk '/Depends: linux-(image|headers)-6\.12/ {print $2}' | sort -u
+}
+
+setup_guest() {
+    setup_host
+    apt_install kmod cpio busybox-static e2fsprogs xfsprogs btrfs-progs util-linux \
+        sparse bc bison flex libelf-dev libssl-dev make gcc xz-utils perl
+    if ! ls /boot/vmlinuz-6.12.* >/dev/null 2>&1 || ! ls -d /usr/src/linux-headers-6.12.*-amd64 >/dev/null 2>&1; then
+        apt_update
+        log "installing Debian's 6.12 guest kernel and headers from bookworm-backports"
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+            -t bookworm-backports linux-image-amd64 linux-headers-amd64 >/dev/null
+    fi
+    if ! ls /usr/src/linux-source-6.12.tar.xz >/dev/null 2>&1; then
+        apt_update
+        log "installing linux-source-6.12 (checkpatch.pl, vkms sources)"
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+            -t bookworm-backports linux-source-6.12 >/dev/null
+    fi
+    local qv
+    qv=$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)
+    case "$qv" in
+    1:1[0-9]*) ;;
+    *)
+        apt_update
+        log "installing qemu-system-x86 from bookworm-backports (have: ${qv:-none})"
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+            -t bookworm-backports qemu-system-x86 >/dev/null
+        ;;
+    esac
+    if [ ! -x "$venv/bin/vng" ]; then
+        log "installing virtme-ng into $venv"
+        "$venv/bin/pip" install -q virtme-ng
+    fi
+}
+
 case "$what" in
 host) setup_host ;;
-*) log "usage: $0 host"; exit 2 ;;
+guest) setup_guest ;;
+*) log "usage: $0 host|guest"; exit 2 ;;
 esac
 log "$what environment ready"

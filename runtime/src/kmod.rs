@@ -328,14 +328,20 @@ impl Module {
                 flags: req.flags,
                 backing: Backing::from_code(req.backing),
             }),
-            Err(errno) => Err(MapError { errno, reason: MapReason::from_code(req.reason) }),
+            Err(errno) => Err(MapError {
+                errno,
+                reason: MapReason::from_code(req.reason),
+            }),
         }
     }
 
     /// Describes one of the module's dma-bufs (`EINVAL` for another
     /// exporter's, `EBADF` for a non-dma-buf).
     pub fn status(&self, dmabuf: BorrowedFd<'_>) -> Result<Status, Errno> {
-        let mut st = raw::Status { dmabuf_fd: dmabuf.as_raw_fd(), ..Default::default() };
+        let mut st = raw::Status {
+            dmabuf_fd: dmabuf.as_raw_fd(),
+            ..Default::default()
+        };
         // SAFETY: `st` is a valid `struct dmafile_status` borrowed mutably.
         unsafe { raw::ioc_status(self.dev.as_raw_fd(), &mut st) }?;
         Ok(Status {
@@ -438,13 +444,57 @@ mod tests {
                 )*
             };
         }
-        fields!("dmafile_query", raw::Query, [abi_version, caps, map_flags, page_size,
-            max_pinned_bytes, pinned_bytes, user_pinned_bytes, memlock_limit, max_map_bytes,
-            nr_buffers, reserved]);
-        fields!("dmafile_map", raw::Map, [fd, flags, offset, length, dmabuf_fd, backing,
-            mapped_length, reason, pad, reserved]);
-        fields!("dmafile_status", raw::Status, [dmabuf_fd, flags, backing, state, dev_major,
-            dev_minor, ino, offset, length, file_size, stale_pages, reserved]);
+        fields!(
+            "dmafile_query",
+            raw::Query,
+            [
+                abi_version,
+                caps,
+                map_flags,
+                page_size,
+                max_pinned_bytes,
+                pinned_bytes,
+                user_pinned_bytes,
+                memlock_limit,
+                max_map_bytes,
+                nr_buffers,
+                reserved
+            ]
+        );
+        fields!(
+            "dmafile_map",
+            raw::Map,
+            [
+                fd,
+                flags,
+                offset,
+                length,
+                dmabuf_fd,
+                backing,
+                mapped_length,
+                reason,
+                pad,
+                reserved
+            ]
+        );
+        fields!(
+            "dmafile_status",
+            raw::Status,
+            [
+                dmabuf_fd,
+                flags,
+                backing,
+                state,
+                dev_major,
+                dev_minor,
+                ino,
+                offset,
+                length,
+                file_size,
+                stale_pages,
+                reserved
+            ]
+        );
         let mut konst = |name: &str, v: u64| {
             c.push_str(&format!("K({name});\n"));
             want.push((name.to_string(), v));
@@ -467,7 +517,10 @@ mod tests {
         konst("DMAFILE_IOC_MAP", raw::IOC_MAP);
         konst("DMAFILE_IOC_STATUS", raw::IOC_STATUS);
         for r in MapReason::ALL {
-            let cname = format!("DMAFILE_REASON_{}", r.name().to_uppercase().replace('-', "_"));
+            let cname = format!(
+                "DMAFILE_REASON_{}",
+                r.name().to_uppercase().replace('-', "_")
+            );
             konst(&cname, r.code() as u64);
         }
         c.push_str("return 0;\n}\n");
@@ -501,7 +554,10 @@ mod tests {
             assert_eq!(MapReason::from_code(r.code()), *r);
         }
         assert_eq!(MapReason::from_code(999), MapReason::Unknown(999));
-        let e = MapError { errno: Errno::EOPNOTSUPP, reason: MapReason::FsNotSupported };
+        let e = MapError {
+            errno: Errno::EOPNOTSUPP,
+            reason: MapReason::FsNotSupported,
+        };
         assert_eq!(
             e.to_string(),
             "fs-not-supported: the file's filesystem is not on the module's allow-list (EOPNOTSUPP)"

@@ -1,0 +1,60 @@
+#!/bin/bash
+# Runs inside the guest as root (started by tests/guest/run.sh):
+# loads the modules, makes the test filesystems, runs the guest test binary
+# and checks the kernel log. Writes the exit code to $OUT/rc.
+#   inside.sh OUT KO BIN [test filters...]
+set -uo pipefail
+out=$1 ko=$2 bin=$3
+shift 3
+filters=("$@")
+log() { echo "guest: $*"; }
+fail() { log "setup failed: $*"; echo 1 >"$out/rc"; exit 1; }
+
+for m in loop vgem ext4 xfs btrfs; do
+    modprobe "$m" || fail "modprobe $m"
+done
+insmod "$ko" || fail "insmod $ko"
+
+base=/tmp/dmafile
+mkdir -p "$base"
+mounts=""
+mkfs_mount() { # name size mkfs...
+    local name=$1 size=$2
+    shift 2
+    truncate -s "$size" "$base/$name.img"
+    "$@" "$base/$name.img" >/dev/null 2>&1 || fail "$* $base/$name.img"
+    mkdir -p "$base/$name"
+    mount -o loop "$base/$name.img" "$base/$name" || fail "mount $name"
+    mounts+="$name=$base/$name,"
+}
+mkfs_mount ext4 128M mkfs.ext4 -q -F
+mkfs_mount xfs 320M mkfs.xfs -q -f # mkfs.xfs refuses filesystems under 300 MB
+mkfs_mount btrfs 128M mkfs.btrfs -q -f
+for spec in "tmpfs tmpfs size=256M" "tmpfs-huge tmpfs size=256M,huge=always" "ramfs ramfs mode=0755"; do
+    set -- $spec
+    mkdir -p "$base/$1"
+    mount -t "$2" -o "$3" "$1" "$base/$1" || fail "mount $1"
+    mounts+="$1=$base/$1,"
+done
+chmod 0755 "$base"/*/
+
+dmesg >"$out/dmesg-boot.txt"
+dmesg -C
+export DMAFILE_KO=$ko DMAFILE_MOUNTS=$mounts RUST_BACKTRACE=1
+"$bin" "${filters[@]}" 2>&1 | tee "$out/guest-tests.log"
+rc=${PIPESTATUS[0]}
+
+# Every dma-buf is gone, so the module must unload.
+if ! rmmod dmafile; then
+    log "rmmod dmafile failed after the tests: a reference leaked"
+    rc=1
+fi
+dmesg >"$out/dmesg.txt"
+if grep -nE 'WARNING:|BUG:|Oops|general protection|Call Trace|kmemleak|UBSAN|KASAN|Bad page|leak|refcount_t' "$out/dmesg.txt"; then
+    log "the kernel log has warnings (above; full log in dmesg.txt)"
+    rc=1
+else
+    log "kernel log: no warnings, BUGs, oopses or leak reports"
+fi
+echo "$rc" >"$out/rc"
+exit "$rc"

@@ -1,0 +1,258 @@
+//! Helpers of the guest tests: the environment, files, mappings, children.
+
+use std::ffi::c_void;
+use std::fs::{File, OpenOptions};
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+
+use dmafile::kmod::Module;
+use nix::errno::Errno;
+use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult};
+
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::data;
+
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Fails the test with a formatted message unless the condition holds.
+#[macro_export]
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+).into());
+        }
+    };
+}
+
+/// The filesystems the content, coherence and race tests run on.
+pub const TEST_FS: &[&str] = &["ext4", "xfs", "btrfs", "tmpfs", "tmpfs-huge"];
+
+pub struct Ctx {
+    pub ko: PathBuf,
+    mounts: Vec<(String, PathBuf)>,
+}
+
+impl Ctx {
+    pub fn from_env() -> Result<Ctx, String> {
+        let ko = std::env::var_os("DMAFILE_KO").ok_or("DMAFILE_KO is not set")?;
+        let mounts = std::env::var("DMAFILE_MOUNTS").map_err(|_| "DMAFILE_MOUNTS is not set")?;
+        let mounts = mounts
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|kv| {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or(format!("bad mount entry {kv:?}"))?;
+                Ok((k.to_string(), PathBuf::from(v)))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Ctx {
+            ko: PathBuf::from(ko),
+            mounts,
+        })
+    }
+
+    /// The mount point of a test filesystem; a missing one is a failure.
+    pub fn fs(&self, name: &str) -> Result<&Path, String> {
+        self.mounts
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_path())
+            .ok_or_else(|| format!("test filesystem {name} is not mounted"))
+    }
+
+    pub fn module(&self) -> Module {
+        Module::open().expect("open /dev/dmafile")
+    }
+
+    /// Run after every test: nothing may stay pinned.
+    pub fn check_nothing_pinned(&self) -> TestResult {
+        let q = self.module().query()?;
+        ensure!(
+            q.pinned_bytes == 0 && q.nr_buffers == 0 && q.user_pinned_bytes == 0,
+            "left behind: {} pinned bytes in {} dma-bufs ({} for this user)",
+            q.pinned_bytes,
+            q.nr_buffers,
+            q.user_pinned_bytes
+        );
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `dir/name` (replacing it) and returns the path.
+pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    let _ = std::fs::remove_file(&p);
+    std::fs::write(&p, bytes).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+    p
+}
+
+pub fn open_ro(p: &Path) -> File {
+    File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
+}
+
+pub fn open_rw(p: &Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_CLOEXEC)
+        .open(p)
+        .unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
+}
+
+/// A shared mapping of an fd, unmapped on drop.
+pub struct Mapping {
+    ptr: NonNull<c_void>,
+    len: usize,
+}
+
+impl Mapping {
+    pub fn new(
+        fd: BorrowedFd<'_>,
+        len: usize,
+        prot: ProtFlags,
+        offset: i64,
+    ) -> Result<Mapping, Errno> {
+        Self::with_flags(fd, len, prot, MapFlags::MAP_SHARED, offset)
+    }
+
+    pub fn with_flags(
+        fd: BorrowedFd<'_>,
+        len: usize,
+        prot: ProtFlags,
+        flags: MapFlags,
+        offset: i64,
+    ) -> Result<Mapping, Errno> {
+        let n = NonZeroUsize::new(len).ok_or(Errno::EINVAL)?;
+        // SAFETY: a new mapping at an address the kernel picks; it aliases
+        // no Rust object and is only reached through this struct.
+        let ptr = unsafe { mmap(None, n, prot, flags, fd, offset) }?;
+        Ok(Mapping { ptr, len })
+    }
+
+    /// The mapped bytes, read with volatile loads (others may write them).
+    pub fn read(&self) -> Vec<u8> {
+        let p = self.ptr.as_ptr() as *const u8;
+        // SAFETY: p..p+len is mapped readable for the lifetime of self.
+        (0..self.len)
+            .map(|i| unsafe { p.add(i).read_volatile() })
+            .collect()
+    }
+
+    /// Stores through the mapping (it must be writable).
+    pub fn write_at(&self, off: usize, bytes: &[u8]) {
+        assert!(off + bytes.len() <= self.len);
+        let p = self.ptr.as_ptr() as *mut u8;
+        for (i, b) in bytes.iter().enumerate() {
+            // SAFETY: in bounds of the mapping, which the caller made
+            // writable; a fault here is what some tests look for.
+            unsafe { p.add(off + i).write_volatile(*b) };
+        }
+    }
+
+    pub fn addr(&self) -> NonNull<c_void> {
+        self.ptr
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len is exactly the mapping made in new().
+        unsafe { munmap(self.ptr, self.len) }.expect("munmap");
+    }
+}
+
+/// Maps a whole dma-buf read-only the way Mesa does (PROT_READ|PROT_WRITE
+/// is what lavapipe asks for; read-only buffers still map) and copies it.
+pub fn dmabuf_bytes(fd: BorrowedFd<'_>, len: u64) -> Result<Vec<u8>, Errno> {
+    Ok(Mapping::new(fd, len as usize, ProtFlags::PROT_READ, 0)?.read())
+}
+
+/// Runs `f` in a forked child and returns how it ended. The child exits
+/// with f's return value and never returns into the test runner.
+pub fn in_child(f: impl FnOnce() -> i32) -> WaitStatus {
+    // SAFETY: the runner is single-threaded when this is called (tests join
+    // their threads), so the child may run arbitrary code.
+    match unsafe { fork() }.expect("fork") {
+        ForkResult::Child => {
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(101);
+            // SAFETY: _exit skips destructors and atexit handlers that
+            // belong to the parent.
+            unsafe { nix::libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => waitpid(child, None).expect("waitpid"),
+    }
+}
+
+/// The file's bytes expected through a dma-buf mapping of
+/// `offset..offset+len` (rounded up to a page): file bytes, then zeros.
+pub fn expected(file: &[u8], offset: u64, mapped_len: u64) -> Vec<u8> {
+    let mut v = vec![0u8; mapped_len as usize];
+    let start = (offset as usize).min(file.len());
+    let end = ((offset + mapped_len) as usize).min(file.len());
+    v[..end - start].copy_from_slice(&file[start..end]);
+    v
+}
+
+/// Opens the vgem device (a DRM driver without hardware) as a PRIME importer.
+pub struct Vgem(File);
+
+impl AsFd for Vgem {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+impl drm::Device for Vgem {}
+impl drm::control::Device for Vgem {}
+
+impl Vgem {
+    pub fn open() -> Result<Vgem, String> {
+        use drm::Device;
+        for e in std::fs::read_dir("/dev/dri").map_err(|e| format!("/dev/dri: {e}"))? {
+            let p = e.map_err(|e| e.to_string())?.path();
+            if !p.file_name().unwrap().to_string_lossy().starts_with("card") {
+                continue;
+            }
+            let f = open_rw(&p);
+            let v = Vgem(f);
+            if v.get_driver().map(|d| d.name() == "vgem").unwrap_or(false) {
+                return Ok(v);
+            }
+        }
+        Err("no vgem device in /dev/dri (is the vgem module loaded?)".into())
+    }
+}
+
+/// Allocates a dma-buf from /dev/dma_heap/system: another exporter's.
+pub fn heap_dmabuf(len: u64) -> Result<OwnedFd, String> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct Alloc {
+        len: u64,
+        fd: u32,
+        fd_flags: u32,
+        heap_flags: u64,
+    }
+    nix::ioctl_readwrite!(heap_alloc, b'H', 0, Alloc);
+    let heap = open_ro(Path::new("/dev/dma_heap/system"));
+    let mut a = Alloc {
+        len,
+        fd_flags: (nix::libc::O_RDWR | nix::libc::O_CLOEXEC) as u32,
+        ..Default::default()
+    };
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: `a` is a valid struct dma_heap_allocation_data for the call.
+    unsafe { heap_alloc(heap.as_raw_fd(), &mut a) }.map_err(|e| format!("dma-heap alloc: {e}"))?;
+    // SAFETY: the kernel installed this fd for us.
+    Ok(unsafe { OwnedFd::from_raw_fd(a.fd as i32) })
+}
