@@ -8,15 +8,23 @@ CARGO ?= cargo
 DEMO_SIZE ?= 256M
 DEMO_FILE ?= $(CACHE)/demo/dataset.bin
 
-.PHONY: all setup build demo test test-host lint clean
+.PHONY: all setup setup-guest build demo test test-host test-kmod test-guest kmod lint clean
 
 all: build
 
 setup:
 	scripts/setup.sh host
 
+# The guest kernel (Debian's 6.12), qemu, virtme-ng and the filesystem tools.
+setup-guest:
+	scripts/setup.sh guest
+
 build: setup
 	$(CARGO) build --release --workspace --locked
+
+# dmafile.ko for the guest kernel.
+kmod: setup-guest
+	. scripts/guest-kernel.sh && $(MAKE) -C kmod KDIR=$$GUEST_KDIR
 
 # Generates a deterministic pseudo-random dataset, streams it through the
 # crc32c shader on the default GPU (lavapipe where there is none) and checks
@@ -24,11 +32,19 @@ build: setup
 demo: build
 	scripts/demo.sh "$(DEMO_FILE)" "$(DEMO_SIZE)"
 
-test: build test-host
+test: setup-guest build test-host test-kmod test-guest
 
 test-host:
 	$(CARGO) test --release --workspace --locked --no-fail-fast
 	scripts/test-independent-crc.sh
+
+# checkpatch --strict and sparse on the kernel module.
+test-kmod: setup-guest
+	scripts/kmod-check.sh
+
+# Boots the guest and runs tests/guest (TCG; DMAFILE_GUEST_KVM=1 for KVM).
+test-guest: setup-guest
+	tests/guest/run.sh
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -81,11 +81,6 @@ setup_host() {
 # The guest kernel: Debian's 6.12 from bookworm-backports. Installing the
 # packages puts the image under /boot and the modules under /lib/modules; the
 # running host kernel is untouched (nothing here boots it).
-guest_kernel_pkgs() {
-    apt-cache depends -t bookworm-backports linux-image-amd64 linux-headers-amd64 2>/dev/null |
-        awk '/Depends: linux-(image|headers)-6\.12/ {print $2}' | sort -u
-}
-
 setup_guest() {
     setup_host
     apt_install kmod cpio busybox-static e2fsprogs xfsprogs btrfs-progs util-linux \
