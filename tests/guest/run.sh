@@ -30,8 +30,9 @@ echo "guest: booting $GUEST_VMLINUZ (${accel[*]:-kvm})"
 set +e
 timeout "${DMAFILE_GUEST_TIMEOUT:-1800}" "$vng" -r "$GUEST_VMLINUZ" "${accel[@]}" \
     --memory 2G --cpus 2 --rwdir "$out" \
-    --exec "$here/tests/guest/inside.sh $out $here/kmod/dmafile.ko $bin$quoted"
-vrc=$?
+    --exec "$here/tests/guest/inside.sh $out $here/kmod/dmafile.ko $bin$quoted" 2>&1 | cat
+# (through cat: QEMU reopens its stdout, which truncates a log file it is redirected to)
+vrc=${PIPESTATUS[0]}
 set -e
 if [ ! -f "$out/rc" ]; then
     echo "guest: the guest did not finish (vng exit $vrc); see the output above" >&2
