@@ -522,6 +522,17 @@ fn refuse_write(c: &Ctx) -> TestResult {
     )?;
     // A sealed memfd still maps read-only.
     drop(m.map(sealed.as_fd(), 0, 8192, 0)?);
+    // While a WRITE mapping pins a memfd's pages, F_SEAL_WRITE cannot be
+    // added: the kernel waits for the pins and gives up with EBUSY.
+    let pinned = memfd("pinned", &[7u8; 8192])?;
+    let w = m.map(pinned.as_fd(), 0, 8192, flags::WRITE)?;
+    let r = add_seals(&pinned, nix::libc::F_SEAL_WRITE);
+    ensure!(
+        r == Err(Errno::EBUSY),
+        "F_SEAL_WRITE under a WRITE mapping: {r:?}"
+    );
+    drop(w);
+    add_seals(&pinned, nix::libc::F_SEAL_WRITE)?;
     let future = memfd("future", &[7u8; 8192])?;
     add_seals(&future, 0x0010 /* F_SEAL_FUTURE_WRITE */)?;
     expect_refusal(
