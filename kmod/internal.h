@@ -7,6 +7,11 @@
 
 #include <linux/cred.h>
 #include <linux/dma-buf.h>
+#include <linux/fs.h>
+#include <linux/list.h>
+#include <linux/mm.h>
+#include <linux/mutex.h>
+#include <linux/pagemap.h>
 #include <linux/types.h>
 #include <uapi/linux/dmafile.h>
 
@@ -23,12 +28,59 @@ void dmafile_uncharge(struct dmafile_charge *charge);
 void dmafile_account_query(struct dmafile_query *q);
 u64 dmafile_max_pinned_bytes(void);
 
-/* buf.c: the dma-bufs. */
+/* One dma-buf: a pinned range of a file. */
+struct dmafile_buf {
+	struct file *file;	/* keeps the inode and its mapping alive */
+	struct page **pages;
+	unsigned long npages;
+	pgoff_t index;		/* page index of the first page in the file */
+	u32 flags;
+	u32 backing;
+	struct dmafile_charge charge;
+	struct mutex lock;	/* attachments, vaddr */
+	struct list_head attachments;
+	void *vaddr;
+};
+
+static inline bool dmafile_buf_writable(const struct dmafile_buf *buf)
+{
+	return buf->flags & DMAFILE_MAP_WRITE;
+}
+
+/*
+ * Is page @i still the file's page at the index the buffer expects, and
+ * inside the file? Truncation either drops pages from the page cache or,
+ * for a large folio it cannot split (ours are pinned), zeroes them in place
+ * past the new EOF; both leave pages that are no longer part of the file.
+ */
+static inline bool dmafile_page_current(const struct dmafile_buf *buf,
+					unsigned long i, pgoff_t eof_index)
+{
+	struct page *page = buf->pages[i];
+	struct folio *folio = page_folio(page);
+
+	return buf->index + i < eof_index &&
+	       READ_ONCE(folio->mapping) == buf->file->f_mapping &&
+	       READ_ONCE(folio->index) + folio_page_idx(folio, page) ==
+	       buf->index + i;
+}
+
+static inline pgoff_t dmafile_eof_index(const struct dmafile_buf *buf)
+{
+	return DIV_ROUND_UP_ULL(i_size_read(file_inode(buf->file)), PAGE_SIZE);
+}
+
+/* buf.c: the dma_buf_ops; release() frees the buffer. */
+extern const struct dma_buf_ops dmafile_dmabuf_ops;
+void dmafile_buf_free(struct dmafile_buf *buf);
+
+/* map.c: making dma-bufs, and their status. */
 int dmafile_map_file(struct dmafile_map *m, struct dma_buf **dmabuf);
 int dmafile_buf_status(struct dma_buf *dmabuf, struct dmafile_status *st);
+
+/* main.c */
 bool dmafile_fs_allowed(const char *fs_name);
 
-/* main.c: module parameters. */
 extern unsigned long dmafile_max_map_bytes;
 
 #endif /* _DMAFILE_INTERNAL_H */
