@@ -18,12 +18,54 @@ fn dma_heaps() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// What /dev/dmafile says about itself (ABI, limits, pinned bytes).
+fn module_report() -> serde_json::Value {
+    use dmafile::kmod::{caps, Module};
+    let dev = dmafile::kmod::DEVICE;
+    let m = match Module::open() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return json!({ "device": dev, "loaded": false });
+        }
+        Err(e) => return json!({ "device": dev, "loaded": true, "error": e.to_string() }),
+        Ok(m) => m,
+    };
+    match m.query() {
+        Err(e) => json!({ "device": dev, "loaded": true, "error": format!("query ioctl: {e}") }),
+        Ok(q) => {
+            let names = [
+                (caps::PAGE_CACHE, "page-cache"),
+                (caps::WRITE, "write"),
+                (caps::STORAGE_DIRECT, "storage-direct"),
+                (caps::STATUS, "status"),
+            ];
+            let c: Vec<&str> = names
+                .iter()
+                .filter(|(b, _)| q.caps & b != 0)
+                .map(|(_, n)| *n)
+                .collect();
+            json!({
+                "device": dev,
+                "loaded": true,
+                "abi_version": q.abi_version,
+                "caps": c,
+                "page_size": q.page_size,
+                "max_pinned_bytes": q.max_pinned_bytes,
+                "pinned_bytes": q.pinned_bytes,
+                "user_pinned_bytes": q.user_pinned_bytes,
+                "memlock_limit": q.memlock_limit,
+                "max_map_bytes": q.max_map_bytes,
+                "buffers": q.nr_buffers,
+            })
+        }
+    }
+}
+
 pub fn run(as_json: bool) -> Result<ExitCode, CliError> {
     let wanted = std::env::var("DMAFILE_DEVICE").ok();
     let gpu = Gpu::open(wanted.as_deref())?;
     let (devices, chosen) = (gpu.devices(), gpu.chosen());
     let paths = gpu.path_availability();
-    let module = std::path::Path::new(dmafile::path::MODULE_DEVICE).exists();
+    let module = module_report();
     let heaps = dma_heaps();
     if as_json {
         let v = json!({
@@ -32,7 +74,7 @@ pub fn run(as_json: bool) -> Result<ExitCode, CliError> {
             "device_env": wanted,
             "max_chunk": gpu.info().max_chunk(),
             "paths": paths,
-            "module": { "device": dmafile::path::MODULE_DEVICE, "loaded": module },
+            "module": module,
             "dma_heaps": heaps,
         });
         return out(&format!("{v}\n")).map(|_| ExitCode::SUCCESS);
@@ -106,15 +148,45 @@ pub fn run(as_json: bool) -> Result<ExitCode, CliError> {
             );
         }
     }
-    let _ = writeln!(
-        s,
-        "kernel module: {}",
-        if module {
-            "loaded (/dev/dmafile)"
-        } else {
-            "not loaded (/dev/dmafile absent)"
+    match (&module["loaded"], module.get("error")) {
+        (serde_json::Value::Bool(false), _) => {
+            let _ = writeln!(
+                s,
+                "kernel module: not loaded ({} absent)",
+                dmafile::kmod::DEVICE
+            );
         }
-    );
+        (_, Some(e)) => {
+            let _ = writeln!(
+                s,
+                "kernel module: {} present but unusable: {}",
+                dmafile::kmod::DEVICE,
+                e.as_str().unwrap_or("")
+            );
+        }
+        _ => {
+            let n = |k: &str| module[k].as_u64().unwrap_or(0);
+            let limit = |v: u64| {
+                if v == u64::MAX {
+                    "unlimited".to_string()
+                } else {
+                    human(v)
+                }
+            };
+            let _ = writeln!(
+                s,
+                "kernel module: dmafile ABI {} ({})\n    pinned {} of {} (yours {}, memlock limit {}), {} dma-bufs, max mapping {}",
+                n("abi_version"),
+                module["caps"].as_array().map(|c| c.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
+                human(n("pinned_bytes")),
+                human(n("max_pinned_bytes")),
+                human(n("user_pinned_bytes")),
+                limit(n("memlock_limit")),
+                n("buffers"),
+                human(n("max_map_bytes")),
+            );
+        }
+    }
     let _ = writeln!(
         s,
         "dma-buf heaps: {}",

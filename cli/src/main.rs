@@ -11,6 +11,7 @@ use dmafile::{Gpu, PathChoice, ShaderKind, StreamConfig, Streamer};
 
 mod bench;
 mod info;
+mod map;
 mod report;
 mod size;
 
@@ -37,6 +38,8 @@ enum Cmd {
     Stream(StreamOpts),
     /// Time each available path against memcpy and pread of the same bytes.
     Bench(bench::BenchOpts),
+    /// Map a file range through dmafile.ko and print the dma-buf's status.
+    Map(map::MapOpts),
 }
 
 #[derive(Args)]
@@ -174,6 +177,7 @@ fn main() -> ExitCode {
         Cmd::Info { json } => info::run(json),
         Cmd::Stream(o) => stream(o),
         Cmd::Bench(o) => bench::run(o),
+        Cmd::Map(o) => map::run(o),
     };
     match r {
         Ok(c) => c,

@@ -29,7 +29,7 @@ pub enum Error {
     #[error("{setting}: {msg}")]
     Config { setting: &'static str, msg: String },
     /// The requested path cannot be used for this request.
-    #[error("path `{}` is unavailable: {}", .0.path, .0.reason)]
+    #[error("path `{}` is unavailable: {} [{}]", .0.path, .0.reason, .0.code)]
     PathUnavailable(Unavailable),
     /// The Vulkan loader could not be loaded or has no usable device.
     #[error("Vulkan: {0}")]

@@ -4,6 +4,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::kmod::{MapError, MapReason, Module};
+
 /// A way to make a file range shader-visible, fastest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -88,14 +90,16 @@ pub struct Unavailable {
     pub reason: String,
 }
 
-/// Stable reason codes (docs/paths.md lists what each means to a user).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+/// Stable reason codes (docs/runtime.md lists what each means to a user).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReasonCode {
     /// The kernel module is not loaded (/dev/dmafile absent).
     ModuleAbsent,
-    /// The path's runtime support is not built yet.
-    NotImplemented,
+    /// /dev/dmafile exists but cannot be used (permissions, another ABI).
+    ModuleUnusable,
+    /// The module refused to map the file; its own reason code
+    /// (`fs-not-supported`, `memlock-limit`, ...).
+    Kernel(MapReason),
     /// No dma-buf heap device.
     NoDmaHeap,
     /// The Vulkan device lacks an extension the path needs.
@@ -115,7 +119,8 @@ impl ReasonCode {
     pub fn name(self) -> &'static str {
         match self {
             ReasonCode::ModuleAbsent => "module-absent",
-            ReasonCode::NotImplemented => "not-implemented",
+            ReasonCode::ModuleUnusable => "module-unusable",
+            ReasonCode::Kernel(r) => r.name(),
             ReasonCode::NoDmaHeap => "no-dma-heap",
             ReasonCode::MissingExtension => "missing-extension",
             ReasonCode::NotMappable => "not-mappable",
@@ -126,7 +131,28 @@ impl ReasonCode {
     }
 }
 
+impl Serialize for ReasonCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl fmt::Display for ReasonCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl Unavailable {
+    /// The module's refusal of `file`, as a reason to skip `path`.
+    pub fn from_map_error(path: PathKind, file: &Path, e: &MapError) -> Self {
+        Unavailable::new(
+            path,
+            ReasonCode::Kernel(e.reason),
+            format!("{}: dmafile.ko refused to map it: {e}", file.display()),
+        )
+    }
+
     pub fn new(path: PathKind, code: ReasonCode, reason: impl Into<String>) -> Self {
         Unavailable {
             path,
@@ -171,34 +197,44 @@ pub const MODULE_DEVICE: &str = "/dev/dmafile";
 /// The system dma-buf heap.
 pub const SYSTEM_HEAP: &str = "/dev/dma_heap/system";
 
-/// Machine-level checks shared by `direct` and `heap` (device-level checks
-/// are added by [`crate::Gpu::path_availability`]).
+/// Machine-level checks of `direct` and `heap` (device-level checks are
+/// added by [`crate::Gpu::path_availability`]).
 pub(crate) fn kernel_side(kind: PathKind) -> Option<Unavailable> {
     match kind {
-        PathKind::Direct => Some(if !Path::new(MODULE_DEVICE).exists() {
-            Unavailable::new(
+        PathKind::Direct => match Module::open() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Unavailable::new(
                 kind,
                 ReasonCode::ModuleAbsent,
                 format!("kernel module dmafile is not loaded ({MODULE_DEVICE} does not exist)"),
-            )
-        } else {
-            Unavailable::new(
+            )),
+            Err(e) => Some(Unavailable::new(
                 kind,
-                ReasonCode::NotImplemented,
-                "the runtime's direct path is not built yet (issue: the direct path); the module is loaded",
-            )
-        }),
-        PathKind::Heap => Some(if !Path::new(SYSTEM_HEAP).exists() {
+                ReasonCode::ModuleUnusable,
+                format!("cannot open {MODULE_DEVICE}: {e}"),
+            )),
+            Ok(m) => match m.query() {
+                Ok(q) if q.abi_version == crate::kmod::ABI_VERSION => None,
+                Ok(q) => Some(Unavailable::new(
+                    kind,
+                    ReasonCode::ModuleUnusable,
+                    format!(
+                        "dmafile.ko speaks ABI {}, this runtime ABI {}",
+                        q.abi_version,
+                        crate::kmod::ABI_VERSION
+                    ),
+                )),
+                Err(e) => Some(Unavailable::new(
+                    kind,
+                    ReasonCode::ModuleUnusable,
+                    format!("{MODULE_DEVICE} does not answer the query ioctl ({e}): not dmafile.ko?"),
+                )),
+            },
+        },
+        PathKind::Heap => (!Path::new(SYSTEM_HEAP).exists()).then(|| {
             Unavailable::new(
                 kind,
                 ReasonCode::NoDmaHeap,
                 format!("no system dma-buf heap ({SYSTEM_HEAP} does not exist; kernel without CONFIG_DMABUF_HEAPS_SYSTEM)"),
-            )
-        } else {
-            Unavailable::new(
-                kind,
-                ReasonCode::NotImplemented,
-                "the runtime's heap path is not built yet (issue: the heap path)",
             )
         }),
         PathKind::Host | PathKind::Upload => None,

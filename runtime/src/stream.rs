@@ -8,6 +8,7 @@
 //! n+1 .. n+depth-1, and memory stays bounded by depth x chunk whatever the
 //! file size.
 use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -17,10 +18,11 @@ use serde::Serialize;
 
 use crate::error::{Error, Result, VkResultExt};
 use crate::gpu::kernels::Kernels;
-use crate::gpu::memory::{Buffer, Placement};
+use crate::gpu::memory::{Buffer, Placement, Source};
 use crate::gpu::Gpu;
 use crate::hostmap::{HostMapping, ReadLease};
-use crate::path::{Fallback, PathChoice, PathKind, ReasonCode, Unavailable};
+use crate::kmod::Module;
+use crate::path::{Fallback, PathChoice, PathKind, ReasonCode, Unavailable, SYSTEM_HEAP};
 use crate::shader::{Accumulator, ShaderKind, ShaderResult};
 use crate::source::{Content, SourceFile};
 use crate::PAGE_SIZE;
@@ -148,6 +150,10 @@ pub struct Streamer {
     gpu: Gpu,
     cfg: StreamConfig,
     kernels: Option<Kernels>,
+    /// /dev/dmafile, open while the direct path is available.
+    module: Option<Module>,
+    /// The system dma-buf heap, opened on first use by the heap path.
+    heap: Option<dma_heap::Heap>,
     cmd_pool: vk::CommandPool,
     desc_pool: vk::DescriptorPool,
     timeline: vk::Semaphore,
@@ -226,6 +232,8 @@ impl Streamer {
             gpu: gpu.clone(),
             cfg,
             kernels: None,
+            module: None,
+            heap: None,
             cmd_pool: vk::CommandPool::null(),
             desc_pool: vk::DescriptorPool::null(),
             timeline: vk::Semaphore::null(),
@@ -234,6 +242,9 @@ impl Streamer {
             next_value: 0,
             setup_s: 0.0,
         };
+        if gpu.unavailable(PathKind::Direct).is_none() {
+            s.module = Module::open().ok();
+        }
         let kernels = Kernels::new(dev, s.cfg.shader)?;
         let pci = vk::CommandPoolCreateInfo::default()
             .queue_family_index(dev.queue_family)
@@ -344,6 +355,20 @@ impl Streamer {
         fallbacks: &mut Vec<Fallback>,
     ) -> Result<PathKind> {
         let mut file_reason = |k: PathKind| -> Option<Unavailable> {
+            if k == PathKind::Direct {
+                if let Some(r) = f.unmappable_reason() {
+                    return Some(Unavailable::new(k, ReasonCode::NotMappable, r));
+                }
+                if f.is_empty() {
+                    return None;
+                }
+                // Ask the module about the first page: its policy (file
+                // system, permissions, limits) is per file.
+                let m = self.module.as_ref()?;
+                if let Err(e) = m.map(f.fd(), 0, f.len().min(PAGE_SIZE), 0) {
+                    return Some(Unavailable::from_map_error(k, f.path(), &e));
+                }
+            }
             if k == PathKind::Host {
                 if let Some(r) = f.unmappable_reason() {
                     return Some(Unavailable::new(k, ReasonCode::NotMappable, r));
@@ -457,16 +482,16 @@ impl Streamer {
                     Ok(()) => {}
                     Err(e)
                         if self.cfg.path == PathChoice::Auto
-                            && path == PathKind::Host
+                            && path != PathKind::Upload
                             && !matches!(e, Error::FileChanged { .. }) =>
                     {
-                        let code = if matches!(e, Error::Io { .. }) {
-                            ReasonCode::NotMappable
-                        } else {
-                            ReasonCode::ImportFailed
+                        let code = match &e {
+                            Error::PathUnavailable(u) => u.code,
+                            Error::Io { .. } => ReasonCode::NotMappable,
+                            _ => ReasonCode::ImportFailed,
                         };
                         st.fallbacks.push(Fallback {
-                            from: PathKind::Host,
+                            from: path,
                             to: PathKind::Upload,
                             code,
                             reason: e.to_string(),
@@ -610,14 +635,45 @@ impl Streamer {
                 slot.input = Some(Buffer::import_host(&dev, map)?);
                 Ok(())
             }
-            PathKind::Direct | PathKind::Heap => Err(self
-                .gpu
-                .unavailable(path)
-                .map(Error::from)
-                .unwrap_or_else(|| Error::Config {
-                    setting: "path",
-                    msg: format!("path {path} has no implementation"),
-                })),
+            PathKind::Direct => {
+                let m = self.module.as_ref().ok_or_else(|| {
+                    Error::from(self.gpu.unavailable(path).unwrap_or_else(|| {
+                        Unavailable::new(path, ReasonCode::ModuleAbsent, "dmafile.ko is not open")
+                    }))
+                })?;
+                let b = m
+                    .map(f.fd(), off, n, 0)
+                    .map_err(|e| Error::from(Unavailable::from_map_error(path, f.path(), &e)))?;
+                slot.input = Some(Buffer::import_dmabuf(
+                    &dev,
+                    Source::Module(b),
+                    n.next_multiple_of(4),
+                )?);
+                Ok(())
+            }
+            PathKind::Heap => {
+                if self.heap.is_none() {
+                    self.heap = Some(dma_heap::Heap::new(dma_heap::HeapKind::System).map_err(
+                        |e| {
+                            Error::from(Unavailable::new(
+                                path,
+                                ReasonCode::NoDmaHeap,
+                                format!("cannot open {SYSTEM_HEAP}: {e}"),
+                            ))
+                        },
+                    )?);
+                }
+                let heap = self.heap.as_ref().expect("opened above");
+                let fd = fill_heap_buffer(heap, f, off, n)?;
+                st.cpu_copied += n;
+                let slot = &mut self.slots[s];
+                slot.input = Some(Buffer::import_dmabuf(
+                    &dev,
+                    Source::Heap(fd),
+                    n.next_multiple_of(4),
+                )?);
+                Ok(())
+            }
         }
     }
 
@@ -810,6 +866,28 @@ impl Streamer {
         let slot = &mut self.slots[s];
         let f = &files[p.file];
         check_lease(f, &leases[p.file])?;
+        // A truncate or hole punch while the device read the chunk leaves
+        // the pinned pages stale: the result would be over bytes the file
+        // no longer has.
+        if let (Some(b), Some(m)) = (
+            slot.input.as_ref().and_then(|i| i.module_dmabuf()),
+            self.module.as_ref(),
+        ) {
+            let stat = m
+                .status(b.as_fd())
+                .map_err(|e| Error::io(f.path(), "dmafile status", std::io::Error::from(e)))?;
+            if stat.stale() {
+                return Err(Error::FileChanged {
+                    path: f.path().to_path_buf(),
+                    what: format!(
+                        "{} of the {} pages mapped at offset {} were truncated or punched out while the GPU read them (dmafile status: stale)",
+                        stat.stale_pages,
+                        stat.length / PAGE_SIZE,
+                        stat.offset
+                    ),
+                });
+            }
+        }
         // The device is done with the chunk: free its import, then unmap it.
         slot.input = None;
         let t = Instant::now();
@@ -825,6 +903,79 @@ impl Streamer {
         st.accs[p.file].fold_gpu(p.len, out);
         st.phases.fold += t.elapsed().as_secs_f64();
         f.check_unchanged()
+    }
+}
+
+/// A system-heap dma-buf holding `n` bytes of `f` at `off` (zero tail),
+/// written through its CPU mapping between DMA_BUF_IOCTL_SYNC calls.
+fn fill_heap_buffer(heap: &dma_heap::Heap, f: &SourceFile, off: u64, n: u64) -> Result<OwnedFd> {
+    let len = n.next_multiple_of(PAGE_SIZE);
+    let fd = heap
+        .allocate(len as usize)
+        .map_err(|e| Error::io(Path::new(SYSTEM_HEAP), "cannot allocate", e))?;
+    let map = DmaBufMap::new(fd.as_fd(), len as usize)
+        .map_err(|e| Error::io(Path::new(SYSTEM_HEAP), "cannot mmap a heap buffer", e))?;
+    dma_buf_sync(fd.as_fd(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_WRITE)?;
+    // SAFETY: the mapping is `len` bytes, writable, and only this thread
+    // touches it until it is unmapped.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(map.ptr as *mut u8, len as usize) };
+    let r = bytes[..n as usize]
+        .par_chunks_mut(READ_PIECE)
+        .enumerate()
+        .try_for_each(|(i, piece)| f.read_exact_at(piece, off + (i * READ_PIECE) as u64));
+    bytes[n as usize..].fill(0);
+    dma_buf_sync(fd.as_fd(), DMA_BUF_SYNC_END | DMA_BUF_SYNC_WRITE)?;
+    drop(map);
+    r?;
+    Ok(fd)
+}
+
+const DMA_BUF_SYNC_WRITE: u64 = 2;
+const DMA_BUF_SYNC_START: u64 = 0;
+const DMA_BUF_SYNC_END: u64 = 4;
+nix::ioctl_write_ptr!(dma_buf_ioctl_sync, b'b', 0, u64);
+
+fn dma_buf_sync(fd: BorrowedFd<'_>, flags: u64) -> Result<()> {
+    // SAFETY: DMA_BUF_IOCTL_SYNC reads one struct dma_buf_sync (a u64).
+    unsafe { dma_buf_ioctl_sync(fd.as_raw_fd(), &flags) }
+        .map(drop)
+        .map_err(|e| Error::io(Path::new("dma-buf"), "DMA_BUF_IOCTL_SYNC", e.into()))
+}
+
+/// A shared read-write mapping of a dma-buf, unmapped on drop.
+struct DmaBufMap {
+    ptr: *mut std::ffi::c_void,
+    len: usize,
+}
+
+impl DmaBufMap {
+    fn new(fd: BorrowedFd<'_>, len: usize) -> std::io::Result<DmaBufMap> {
+        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+        let n = std::num::NonZeroUsize::new(len).ok_or(std::io::ErrorKind::InvalidInput)?;
+        // SAFETY: a new mapping the kernel places; nothing else aliases it.
+        let p = unsafe {
+            mmap(
+                None,
+                n,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                fd,
+                0,
+            )
+        }?;
+        Ok(DmaBufMap {
+            ptr: p.as_ptr(),
+            len,
+        })
+    }
+}
+
+impl Drop for DmaBufMap {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in new().
+        let _ = unsafe {
+            nix::sys::mman::munmap(std::ptr::NonNull::new(self.ptr).expect("mapped"), self.len)
+        };
     }
 }
 

@@ -1186,7 +1186,7 @@ fn permutations(n: usize) -> Vec<Vec<usize>> {
     out
 }
 
-fn delete_module() -> Result<(), Errno> {
+pub fn delete_module() -> Result<(), Errno> {
     let name = std::ffi::CString::new("dmafile").unwrap();
     nix::kmod::delete_module(&name, nix::kmod::DeleteModuleFlags::O_NONBLOCK)
 }
@@ -1206,7 +1206,7 @@ fn load_module(ko: &Path, params: &str) -> Result<(), Errno> {
 }
 
 /// Reloads the module with default parameters however the test ends.
-struct Reload<'a>(&'a Path);
+pub struct Reload<'a>(pub &'a Path);
 
 impl Drop for Reload<'_> {
     fn drop(&mut self) {

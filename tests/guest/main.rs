@@ -9,6 +9,7 @@
 //! Prints one line per test and a summary `guest: N passed, N failed`;
 //! exits non-zero if any failed. Arguments filter tests by substring.
 
+mod direct_tests;
 mod kmod_tests;
 mod util;
 
@@ -29,7 +30,8 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let tests = kmod_tests::all(&ctx);
+    let mut tests = kmod_tests::all(&ctx);
+    tests.extend(direct_tests::all());
     let (mut passed, mut failed) = (0, 0);
     let mut failures = Vec::new();
     for (name, f) in tests {

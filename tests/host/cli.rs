@@ -395,3 +395,22 @@ fn info_lists_devices_and_paths() {
         .unwrap();
     assert!(o.status.success());
 }
+
+#[test]
+fn map_without_the_module_says_so() {
+    // CI's host kernel cannot load dmafile.ko (it is tested in the guest);
+    // on a machine that has it loaded, `info` must say so instead.
+    if std::path::Path::new("/dev/dmafile").exists() {
+        let v = json_of(&dmafile(&["info", "--json"]));
+        assert_eq!(v["module"]["loaded"], true);
+        assert_eq!(v["module"]["abi_version"], 1);
+        return;
+    }
+    assert_refused(
+        &["map", "Cargo.toml"],
+        "kernel module dmafile is not loaded",
+    );
+    let v = json_of(&dmafile(&["info", "--json"]));
+    assert_eq!(v["module"]["loaded"], false);
+    assert_eq!(v["paths"][0]["code"], "module-absent");
+}

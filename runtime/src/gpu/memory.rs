@@ -1,6 +1,7 @@
-//! Buffers and their memory: allocated, or imported from host mappings.
-//! Each `Buffer` owns its VkBuffer and VkDeviceMemory (and, for imports, the
-//! memory they were imported from) and frees them in that order.
+//! Buffers and their memory: allocated, or imported from host mappings or
+//! dma-bufs. Each `Buffer` owns its VkBuffer and VkDeviceMemory (and, for
+//! imports, what they were imported from) and frees them in that order.
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::sync::Arc;
 
 use ash::vk;
@@ -8,6 +9,27 @@ use ash::vk;
 use super::DeviceShared;
 use crate::error::{Error, Result, VkResultExt};
 use crate::hostmap::HostMapping;
+use crate::kmod::DmaBuf;
+
+/// What an imported buffer's memory came from; kept until the memory is
+/// freed.
+pub(crate) enum Source {
+    Host(#[allow(dead_code)] /* held for its Drop */ HostMapping),
+    /// A dmafile.ko mapping of the file (the direct path).
+    Module(DmaBuf),
+    /// A dma-heap buffer filled from the file (the heap path).
+    Heap(OwnedFd),
+}
+
+impl Source {
+    fn dmabuf_fd(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Source::Host(_) => None,
+            Source::Module(b) => Some(b.as_fd()),
+            Source::Heap(fd) => Some(fd.as_fd()),
+        }
+    }
+}
 
 /// What a new allocation is for, which decides the memory type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,9 +48,9 @@ pub(crate) struct Buffer {
     memory: vk::DeviceMemory,
     pub size: u64,
     mapped: *mut u8,
-    // Only owned: dropped after `memory` is freed (see Drop), since the
-    // import must go before the mapping it was made from.
-    _host_map: Option<HostMapping>,
+    // Dropped after `memory` is freed (see Drop), since the import must go
+    // before what it was made from.
+    source: Option<Source>,
 }
 
 // SAFETY: Vulkan handles may move between threads; the mapped pointer is only
@@ -106,7 +128,7 @@ impl Buffer {
             memory,
             size,
             mapped: std::ptr::null_mut(),
-            _host_map: None,
+            source: None,
         };
         // SAFETY: memory fits the buffer's requirements; offset 0.
         unsafe { d.bind_buffer_memory(buffer, memory, 0) }.vk("vkBindBufferMemory")?;
@@ -182,11 +204,119 @@ impl Buffer {
             memory,
             size: map.size(),
             mapped: std::ptr::null_mut(),
-            _host_map: Some(map),
+            source: Some(Source::Host(map)),
         };
         // SAFETY: the memory was allocated for this buffer's requirements.
         unsafe { d.bind_buffer_memory(buffer, memory, 0) }.vk("vkBindBufferMemory")?;
         Ok(b)
+    }
+
+    /// Imports a dma-buf (`source` holds it) as a buffer of `size` bytes at
+    /// offset 0 of the dma-buf, with VK_EXT_external_memory_dma_buf.
+    pub fn import_dmabuf(dev: &Arc<DeviceShared>, source: Source, size: u64) -> Result<Buffer> {
+        let d = &dev.device;
+        let fd = source.dmabuf_fd().expect("a dma-buf source");
+        let Some(ext) = dev.fd_ext.as_ref() else {
+            return Err(Error::DeviceUnsuitable {
+                device: dev.info().name.clone(),
+                what: "no VK_EXT_external_memory_dma_buf".into(),
+            });
+        };
+        // The dma-buf's size, as importers (and lavapipe) take it.
+        let dma_len =
+            nix::unistd::lseek(fd.as_raw_fd(), 0, nix::unistd::Whence::SeekEnd).map_err(|e| {
+                Error::Vulkan {
+                    call: "dma-buf import (lseek for its size)",
+                    result: if e == nix::errno::Errno::ESPIPE {
+                        vk::Result::ERROR_INVALID_EXTERNAL_HANDLE
+                    } else {
+                        vk::Result::ERROR_UNKNOWN
+                    },
+                }
+            })? as u64;
+        let ht = vk::ExternalMemoryHandleTypeFlags::DMA_BUF_EXT;
+        let mut props = vk::MemoryFdPropertiesKHR::default();
+        // SAFETY: fd is an open dma-buf for the duration of the call.
+        unsafe { ext.get_memory_fd_properties(ht, fd.as_raw_fd(), &mut props) }
+            .vk("vkGetMemoryFdPropertiesKHR")?;
+        let mut ext_ci = vk::ExternalMemoryBufferCreateInfo::default().handle_types(ht);
+        let ci = vk::BufferCreateInfo::default()
+            .size(size.max(4))
+            .usage(STORAGE_USAGE)
+            .sharing_mode(vk::SharingMode::EXCLUSIVE)
+            .push_next(&mut ext_ci);
+        // SAFETY: valid create info.
+        let buffer = unsafe { d.create_buffer(&ci, None) }.vk("vkCreateBuffer")?;
+        let mut dedicated = vk::MemoryDedicatedRequirements::default();
+        let mut req2 = vk::MemoryRequirements2::default().push_next(&mut dedicated);
+        let rqi = vk::BufferMemoryRequirementsInfo2::default().buffer(buffer);
+        // SAFETY: buffer from d; Vulkan 1.1 core.
+        unsafe { d.get_buffer_memory_requirements2(&rqi, &mut req2) };
+        let req = req2.memory_requirements;
+        let want_dedicated = dedicated.prefers_dedicated_allocation == vk::TRUE
+            || dedicated.requires_dedicated_allocation == vk::TRUE;
+        let bits = req.memory_type_bits & props.memory_type_bits;
+        let type_index = if req.size > dma_len {
+            None
+        } else {
+            find_type(&dev.mem_props, bits, &[vk::MemoryPropertyFlags::empty()])
+        };
+        let Some(type_index) = type_index else {
+            // SAFETY: unbound buffer.
+            unsafe { d.destroy_buffer(buffer, None) };
+            return Err(Error::Vulkan {
+                call: "dma-buf import (no compatible memory type, or the dma-buf is smaller than the buffer needs)",
+                result: vk::Result::ERROR_INVALID_EXTERNAL_HANDLE,
+            });
+        };
+        // Vulkan takes ownership of the fd it imports: give it a duplicate.
+        let dup = match fd.try_clone_to_owned() {
+            Ok(f) => f.into_raw_fd(),
+            Err(e) => {
+                // SAFETY: unbound buffer.
+                unsafe { d.destroy_buffer(buffer, None) };
+                return Err(Error::io(std::path::Path::new("dma-buf"), "cannot dup", e));
+            }
+        };
+        let mut import = vk::ImportMemoryFdInfoKHR::default().handle_type(ht).fd(dup);
+        let mut ded = vk::MemoryDedicatedAllocateInfo::default().buffer(buffer);
+        let mut ai = vk::MemoryAllocateInfo::default()
+            .allocation_size(dma_len)
+            .memory_type_index(type_index)
+            .push_next(&mut import);
+        if want_dedicated {
+            ai = ai.push_next(&mut ded);
+        }
+        // SAFETY: valid allocate info; on success the memory owns `dup`.
+        let memory =
+            match unsafe { d.allocate_memory(&ai, None) }.vk("vkAllocateMemory (dma-buf import)") {
+                Ok(m) => m,
+                Err(e) => {
+                    close_failed_import(dup, fd);
+                    // SAFETY: unbound buffer.
+                    unsafe { d.destroy_buffer(buffer, None) };
+                    return Err(e);
+                }
+            };
+        let b = Buffer {
+            dev: dev.clone(),
+            buffer,
+            memory,
+            size,
+            mapped: std::ptr::null_mut(),
+            source: Some(source),
+        };
+        // SAFETY: the memory was allocated for this buffer's requirements.
+        unsafe { d.bind_buffer_memory(buffer, memory, 0) }.vk("vkBindBufferMemory")?;
+        Ok(b)
+    }
+
+    /// The dmafile.ko dma-buf this buffer was imported from, if any.
+    pub fn module_dmabuf(&self) -> Option<&DmaBuf> {
+        match &self.source {
+            Some(Source::Module(b)) => Some(b),
+            _ => None,
+        }
     }
 
     /// The CPU view of a host-visible buffer.
@@ -208,6 +338,20 @@ impl Buffer {
         // SAFETY: mapped memory is aligned to at least minMemoryMapAlignment
         // (>= 64) and holds `size` bytes.
         Some(unsafe { std::slice::from_raw_parts(self.mapped as *const u32, n) })
+    }
+}
+
+/// After a failed import the spec leaves the fd with the caller, but Mesa
+/// closes it anyway. Close it only if that number is still open on the same
+/// dma-buf, so that neither a leak (pins held until exit) nor a double close
+/// can happen.
+fn close_failed_import(dup: i32, original: BorrowedFd<'_>) {
+    use nix::sys::stat::fstat;
+    let (Ok(a), Ok(b)) = (fstat(dup), fstat(original.as_raw_fd())) else {
+        return;
+    };
+    if a.st_dev == b.st_dev && a.st_ino == b.st_ino {
+        let _ = nix::unistd::close(dup);
     }
 }
 

@@ -105,6 +105,8 @@ pub(crate) struct DeviceShared {
     pub queue: Mutex<vk::Queue>,
     pub queue_family: u32,
     pub host_ext: Option<ash::ext::external_memory_host::Device>,
+    /// VK_KHR_external_memory_fd, loaded when dma-buf import is enabled.
+    pub fd_ext: Option<ash::khr::external_memory_fd::Device>,
     pub mem_props: vk::PhysicalDeviceMemoryProperties,
     /// Every device the instance sees, and which one is open.
     pub devices: Vec<DeviceInfo>,
@@ -122,6 +124,7 @@ struct Opened {
     device: ash::Device,
     queue_family: u32,
     host_ext: Option<ash::ext::external_memory_host::Device>,
+    fd_ext: Option<ash::khr::external_memory_fd::Device>,
     mem_props: vk::PhysicalDeviceMemoryProperties,
     devices: Vec<DeviceInfo>,
     chosen: usize,
@@ -324,6 +327,7 @@ impl Gpu {
                         queue: Mutex::new(queue),
                         queue_family: o.queue_family,
                         host_ext: o.host_ext,
+                        fd_ext: o.fd_ext,
                         mem_props: o.mem_props,
                         devices: o.devices,
                         chosen: o.chosen,
@@ -390,12 +394,17 @@ impl Gpu {
             .features
             .external_memory_host
             .then(|| ash::ext::external_memory_host::Device::new(instance, &device));
+        let fd_ext = info
+            .features
+            .external_memory_dma_buf
+            .then(|| ash::khr::external_memory_fd::Device::new(instance, &device));
         // SAFETY: pd is valid.
         let mem_props = unsafe { instance.get_physical_device_memory_properties(pd) };
         Ok(Opened {
             device,
             queue_family: family,
             host_ext,
+            fd_ext,
             mem_props,
             devices: infos,
             chosen: idx,

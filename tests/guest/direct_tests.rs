@@ -1,0 +1,325 @@
+//! The runtime's direct and heap paths, through the `dmafile` CLI, with
+//! lavapipe inside the guest. Few processes: under TCG every one pays for
+//! lavapipe's start-up and first dispatch.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::ensure;
+use crate::util::*;
+use crate::TestFn;
+
+pub fn all() -> Vec<(String, TestFn)> {
+    let t: [(&str, TestFn); 7] = [
+        ("direct/stream-every-fs", Box::new(stream_every_fs)),
+        ("direct/refused-falls-back", Box::new(refused_falls_back)),
+        ("direct/module-absent", Box::new(module_absent)),
+        ("heap/stream", Box::new(heap_stream)),
+        (
+            "direct/truncate-while-streaming",
+            Box::new(truncate_while_streaming),
+        ),
+        ("direct/cli-map", Box::new(cli_map)),
+        ("bench/all-paths", Box::new(bench_all_paths)),
+    ];
+    t.into_iter().map(|(n, f)| (n.to_string(), f)).collect()
+}
+
+fn cli() -> PathBuf {
+    std::env::current_exe().unwrap().with_file_name("dmafile")
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(cli())
+        .args(args)
+        .env("DMAFILE_NO_PROGRESS", "1")
+        .output()
+        .expect("run dmafile")
+}
+
+fn json(o: &Output) -> Result<Value, String> {
+    serde_json::from_slice(&o.stdout).map_err(|e| {
+        format!(
+            "no JSON on stdout ({e}); exit {:?}, stderr: {}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
+
+fn crc_of(bytes: &[u8]) -> String {
+    format!("{:#010x}", dmafile::cpu::crc32c(bytes))
+}
+
+fn stream_every_fs(c: &Ctx) -> TestResult {
+    let mut files = Vec::new();
+    for (i, fs) in ["ext4", "xfs", "btrfs", "tmpfs"].iter().enumerate() {
+        let bytes = data(3 * (1 << 20) + 777 + i * 4096, 1000 + i as u64);
+        files.push((write_file(c.fs(fs)?, "direct.bin", &bytes), bytes));
+    }
+    let names: Vec<&str> = files.iter().map(|(p, _)| p.to_str().unwrap()).collect();
+    let mut args = vec![
+        "stream", "--path", "direct", "--shader", "crc32c", "--verify", "--json", "--chunk", "1M",
+    ];
+    args.extend(&names);
+    let o = run(&args);
+    let v = json(&o)?;
+    ensure!(
+        o.status.success(),
+        "exit {:?}: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let total: u64 = files.iter().map(|(_, b)| b.len() as u64).sum();
+    ensure!(v["verified"] == true, "not verified: {v}");
+    ensure!(
+        v["cpu_copied_bytes"] == 0,
+        "cpu_copied_bytes {}",
+        v["cpu_copied_bytes"]
+    );
+    ensure!(
+        v["paths"]["direct"] == total,
+        "paths {} (want direct {total})",
+        v["paths"]
+    );
+    ensure!(
+        v["fallbacks"].as_array().is_some_and(|a| a.is_empty()),
+        "fallbacks {}",
+        v["fallbacks"]
+    );
+    for (f, (p, bytes)) in v["files"].as_array().unwrap().iter().zip(&files) {
+        ensure!(
+            f["paths"]["direct"] == bytes.len() as u64,
+            "{}: paths {}",
+            p.display(),
+            f["paths"]
+        );
+        ensure!(
+            f["result"]["crc32c"] == crc_of(bytes).as_str()
+                || f["result"] == crc_of(bytes).as_str(),
+            "{}: GPU {} != CPU {}",
+            p.display(),
+            f["result"],
+            crc_of(bytes)
+        );
+    }
+    Ok(())
+}
+
+fn refused_falls_back(c: &Ctx) -> TestResult {
+    let bytes = data(1 << 20, 7);
+    let p = write_file(c.fs("ramfs")?, "refused.bin", &bytes);
+    let ps = p.to_str().unwrap();
+    let o = run(&["stream", "--path", "direct", "--verify", "--json", ps]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    ensure!(
+        o.status.code() == Some(2) && o.stdout.is_empty(),
+        "--path direct on ramfs: exit {:?}",
+        o.status.code()
+    );
+    ensure!(
+        err.contains("fs-not-supported"),
+        "--path direct on ramfs: {err}"
+    );
+    let o = run(&["stream", "--path", "auto", "--verify", "--json", ps]);
+    let v = json(&o)?;
+    ensure!(v["verified"] == true, "auto on ramfs not verified: {v}");
+    let fb = &v["fallbacks"][0];
+    ensure!(
+        fb["from"] == "direct" && fb["code"] == "fs-not-supported",
+        "fallbacks {}",
+        v["fallbacks"]
+    );
+    ensure!(v["paths"]["direct"].is_null(), "paths {}", v["paths"]);
+    Ok(())
+}
+
+fn module_absent(c: &Ctx) -> TestResult {
+    let bytes = data(1 << 20, 8);
+    let p = write_file(c.fs("ext4")?, "absent.bin", &bytes);
+    let ps = p.to_str().unwrap();
+    let _reload = crate::kmod_tests::Reload(&c.ko);
+    crate::kmod_tests::delete_module()?;
+    let o = run(&["stream", "--path", "direct", "--json", ps]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    ensure!(
+        o.status.code() == Some(2) && err.contains("module-absent"),
+        "--path direct without the module: exit {:?}: {err}",
+        o.status.code()
+    );
+    let o = run(&["stream", "--verify", "--json", ps]);
+    let v = json(&o)?;
+    ensure!(
+        v["verified"] == true,
+        "auto without the module not verified: {v}"
+    );
+    let fb = &v["fallbacks"][0];
+    ensure!(
+        fb["from"] == "direct" && fb["code"] == "module-absent",
+        "fallbacks {}",
+        v["fallbacks"]
+    );
+    let o = run(&["info", "--json"]);
+    let v = json(&o)?;
+    ensure!(
+        v["module"]["loaded"] == false,
+        "info module {}",
+        v["module"]
+    );
+    Ok(())
+}
+
+fn heap_stream(c: &Ctx) -> TestResult {
+    let bytes = data(2 * (1 << 20) + 5, 9);
+    let p = write_file(c.fs("ext4")?, "heap.bin", &bytes);
+    let o = run(&[
+        "stream",
+        "--path",
+        "heap",
+        "--verify",
+        "--json",
+        "--chunk",
+        "1M",
+        p.to_str().unwrap(),
+    ]);
+    let v = json(&o)?;
+    ensure!(v["verified"] == true, "heap not verified: {v}");
+    ensure!(
+        v["paths"]["heap"] == bytes.len() as u64,
+        "paths {}",
+        v["paths"]
+    );
+    ensure!(
+        v["cpu_copied_bytes"] == bytes.len() as u64,
+        "cpu_copied_bytes {}",
+        v["cpu_copied_bytes"]
+    );
+    Ok(())
+}
+
+fn truncate_while_streaming(c: &Ctx) -> TestResult {
+    let bytes = data(16 << 20, 10);
+    let p = write_file(c.fs("tmpfs")?, "truncated.bin", &bytes);
+    let want = crc_of(&bytes);
+    let child = Command::new(cli())
+        .args([
+            "stream",
+            "--path",
+            "direct",
+            "--verify",
+            "--json",
+            "--chunk",
+            "1M",
+            "--depth",
+            "2",
+            p.to_str().unwrap(),
+        ])
+        .env("DMAFILE_NO_PROGRESS", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // Truncate once the child has the file open (it opens files after
+    // the device), while it streams: under TCG each chunk takes a while.
+    let fd_dir = PathBuf::from(format!("/proc/{}/fd", child.id()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_dir(&fd_dir)
+        .map(|d| {
+            d.flatten()
+                .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l == p))
+        })
+        .unwrap_or(true)
+    {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the stream never opened the file"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)?
+        .set_len(3 << 20)?;
+    let o = child.wait_with_output()?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    match o.status.code() {
+        Some(2) => {
+            ensure!(
+                err.contains("changed") || err.contains("stale"),
+                "error does not say the file changed: {err}"
+            );
+            println!("     truncation reported: {}", err.trim());
+        }
+        Some(0) => {
+            let v = json(&o)?;
+            ensure!(
+                v["result"] == want.as_str() || v["result"]["crc32c"] == want.as_str(),
+                "finished with {} but the original's CRC is {want}",
+                v["result"]
+            );
+            println!("     the stream finished before the truncate");
+        }
+        other => return Err(format!("exit {other:?}: {err}").into()),
+    }
+    Ok(())
+}
+
+fn cli_map(c: &Ctx) -> TestResult {
+    let bytes = data(10_000, 11);
+    let p = write_file(c.fs("xfs")?, "map.bin", &bytes);
+    let o = run(&["map", p.to_str().unwrap(), "--offset", "4096", "--json"]);
+    let v = json(&o)?;
+    let md = std::fs::metadata(&p)?;
+    use std::os::unix::fs::MetadataExt;
+    ensure!(
+        v["length"] == 8192 && v["offset"] == 4096 && v["backing"] == "page-cache",
+        "map: {v}"
+    );
+    ensure!(
+        v["ino"] == md.ino() && v["stale"] == false && v["writable"] == false,
+        "map: {v}"
+    );
+    let o = run(&["map", p.to_str().unwrap(), "--write"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    ensure!(
+        o.status.code() == Some(2) && err.contains("write-pin-not-allowed"),
+        "map --write on xfs: {err}"
+    );
+    let o = run(&["map", p.to_str().unwrap(), "--offset", "1"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    ensure!(
+        o.status.code() == Some(2) && err.contains("unaligned"),
+        "map --offset 1: {err}"
+    );
+    Ok(())
+}
+
+fn bench_all_paths(c: &Ctx) -> TestResult {
+    let bytes = data(4 << 20, 12);
+    let p = write_file(c.fs("ext4")?, "bench.bin", &bytes);
+    let o = run(&["bench", p.to_str().unwrap(), "--runs", "1", "--json"]);
+    let v = json(&o)?;
+    let rows = v["paths"].as_array().ok_or("no paths in bench output")?;
+    for want in ["direct", "host", "heap", "upload"] {
+        let r = rows
+            .iter()
+            .find(|r| r["path"] == want)
+            .ok_or_else(|| format!("bench has no {want} row: {v}"))?;
+        ensure!(
+            r.to_string().contains("pread"),
+            "{want} row has no ratio against pread: {r}"
+        );
+    }
+    let human = run(&["bench", p.to_str().unwrap(), "--runs", "1"]);
+    println!(
+        "{}",
+        String::from_utf8_lossy(&human.stdout)
+            .trim_end()
+            .lines()
+            .map(|l| format!("     {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    Ok(())
+}
