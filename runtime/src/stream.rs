@@ -362,10 +362,10 @@ impl Streamer {
                 if f.is_empty() {
                     return None;
                 }
-                // Ask the module about the first page: its policy (file
-                // system, permissions, limits) is per file.
+                // Ask the module about a first chunk: its policy (file
+                // system, permissions, memlock limit) is per file and user.
                 let m = self.module.as_ref()?;
-                if let Err(e) = m.map(f.fd(), 0, f.len().min(PAGE_SIZE), 0) {
+                if let Err(e) = m.map(f.fd(), 0, f.len().min(self.cfg.chunk), 0) {
                     return Some(Unavailable::from_map_error(k, f.path(), &e));
                 }
             }

@@ -12,10 +12,11 @@ use crate::util::*;
 use crate::TestFn;
 
 pub fn all() -> Vec<(String, TestFn)> {
-    let t: [(&str, TestFn); 7] = [
+    let t: [(&str, TestFn); 8] = [
         ("direct/stream-every-fs", Box::new(stream_every_fs)),
         ("direct/refused-falls-back", Box::new(refused_falls_back)),
         ("direct/module-absent", Box::new(module_absent)),
+        ("direct/memlock-falls-back", Box::new(memlock_falls_back)),
         ("heap/stream", Box::new(heap_stream)),
         (
             "direct/truncate-while-streaming",
@@ -168,6 +169,50 @@ fn module_absent(c: &Ctx) -> TestResult {
         "info module {}",
         v["module"]
     );
+    Ok(())
+}
+
+/// As an unprivileged user with a 64 KiB RLIMIT_MEMLOCK, a 1 MiB chunk
+/// cannot be pinned: auto records the module's reason and moves on.
+fn memlock_falls_back(c: &Ctx) -> TestResult {
+    use std::os::unix::process::CommandExt;
+    let bytes = data(3 << 20, 13);
+    let p = write_file(c.fs("tmpfs")?, "memlock.bin", &bytes);
+    let mut cmd = Command::new(cli());
+    cmd.args([
+        "stream",
+        "--verify",
+        "--json",
+        "--chunk",
+        "1M",
+        p.to_str().unwrap(),
+    ])
+    .env("DMAFILE_NO_PROGRESS", "1")
+    .env("HOME", "/tmp");
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_MEMLOCK,
+                65536,
+                65536,
+            )?;
+            nix::unistd::setgid(nix::unistd::Gid::from_raw(65534))?;
+            nix::unistd::setuid(nix::unistd::Uid::from_raw(65534))?;
+            Ok(())
+        });
+    }
+    let o = cmd.output()?;
+    let v = json(&o)?;
+    ensure!(v["verified"] == true, "not verified: {v}");
+    let fbs = v["fallbacks"].as_array().ok_or("no fallbacks")?;
+    ensure!(
+        fbs.iter()
+            .any(|f| f["from"] == "direct" && f["code"] == "memlock-limit"),
+        "no direct fallback with memlock-limit: {}",
+        v["fallbacks"]
+    );
+    ensure!(v["paths"]["direct"].is_null(), "paths {}", v["paths"]);
     Ok(())
 }
 
