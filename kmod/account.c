@@ -75,21 +75,17 @@ static bool dmafile_charge_memlock(struct user_struct *user,
 	return true;
 }
 
-int dmafile_charge(struct dmafile_charge *charge, unsigned long pages,
-		   u32 *reason)
+u32 dmafile_charge(struct dmafile_charge *charge, unsigned long pages)
 {
 	struct dmafile_user *fresh, *u;
 	kuid_t uid = current_uid();
 
 	fresh = kzalloc(sizeof(*fresh), GFP_KERNEL);
-	if (!fresh) {
-		*reason = DMAFILE_REASON_NO_MEMORY;
-		return -ENOMEM;
-	}
+	if (!fresh)
+		return DMAFILE_REASON_NO_MEMORY;
 	if (!dmafile_charge_global(pages)) {
 		kfree(fresh);
-		*reason = DMAFILE_REASON_GLOBAL_LIMIT;
-		return -ENOMEM;
+		return DMAFILE_REASON_GLOBAL_LIMIT;
 	}
 	charge->memlock_user = NULL;
 	if (!capable(CAP_IPC_LOCK)) {
@@ -99,8 +95,7 @@ int dmafile_charge(struct dmafile_charge *charge, unsigned long pages,
 			free_uid(user);
 			atomic_long_sub(pages, &dmafile_pinned_pages);
 			kfree(fresh);
-			*reason = DMAFILE_REASON_MEMLOCK_LIMIT;
-			return -ENOMEM;
+			return DMAFILE_REASON_MEMLOCK_LIMIT;
 		}
 		charge->memlock_user = user;
 	}
@@ -121,7 +116,7 @@ int dmafile_charge(struct dmafile_charge *charge, unsigned long pages,
 	charge->stats = u;
 	charge->pages = pages;
 	atomic_long_inc(&dmafile_nr_buffers);
-	return 0;
+	return DMAFILE_REASON_NONE;
 }
 
 void dmafile_uncharge(struct dmafile_charge *charge)

@@ -122,36 +122,41 @@ static void dmafile_unmap_dma_buf(struct dma_buf_attachment *attach,
 	kfree(sgt);
 }
 
-static int dmafile_begin_cpu_access(struct dma_buf *dmabuf,
-				    enum dma_data_direction dir)
+/* Hands the pages to the CPU (@for_cpu) or back to the devices. */
+static void dmafile_sync(struct dmafile_buf *buf, bool for_cpu)
 {
-	struct dmafile_buf *buf = dmabuf->priv;
+	unsigned long len = buf->npages << PAGE_SHIFT;
 	struct dmafile_attachment *a;
 
 	mutex_lock(&buf->lock);
-	if (buf->vaddr)
-		invalidate_kernel_vmap_range(buf->vaddr,
-					     buf->npages << PAGE_SHIFT);
-	list_for_each_entry(a, &buf->attachments, node)
-		if (a->sgt)
+	if (buf->vaddr) {
+		if (for_cpu)
+			invalidate_kernel_vmap_range(buf->vaddr, len);
+		else
+			flush_kernel_vmap_range(buf->vaddr, len);
+	}
+	list_for_each_entry(a, &buf->attachments, node) {
+		if (!a->sgt)
+			continue;
+		if (for_cpu)
 			dma_sync_sgtable_for_cpu(a->dev, a->sgt, a->dir);
+		else
+			dma_sync_sgtable_for_device(a->dev, a->sgt, a->dir);
+	}
 	mutex_unlock(&buf->lock);
+}
+
+static int dmafile_begin_cpu_access(struct dma_buf *dmabuf,
+				    enum dma_data_direction dir)
+{
+	dmafile_sync(dmabuf->priv, true);
 	return 0;
 }
 
 static int dmafile_end_cpu_access(struct dma_buf *dmabuf,
 				  enum dma_data_direction dir)
 {
-	struct dmafile_buf *buf = dmabuf->priv;
-	struct dmafile_attachment *a;
-
-	mutex_lock(&buf->lock);
-	if (buf->vaddr)
-		flush_kernel_vmap_range(buf->vaddr, buf->npages << PAGE_SHIFT);
-	list_for_each_entry(a, &buf->attachments, node)
-		if (a->sgt)
-			dma_sync_sgtable_for_device(a->dev, a->sgt, a->dir);
-	mutex_unlock(&buf->lock);
+	dmafile_sync(dmabuf->priv, false);
 	return 0;
 }
 

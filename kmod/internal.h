@@ -22,8 +22,8 @@ struct dmafile_charge {
 	unsigned long pages;
 };
 
-int dmafile_charge(struct dmafile_charge *charge, unsigned long pages,
-		   u32 *reason);
+/* Returns a refusal reason, or DMAFILE_REASON_NONE when charged. */
+u32 dmafile_charge(struct dmafile_charge *charge, unsigned long pages);
 void dmafile_uncharge(struct dmafile_charge *charge);
 void dmafile_account_query(struct dmafile_query *q);
 u64 dmafile_max_pinned_bytes(void);
@@ -75,6 +75,7 @@ extern const struct dma_buf_ops dmafile_dmabuf_ops;
 void dmafile_buf_free(struct dmafile_buf *buf);
 
 /* map.c: making dma-bufs, and their status. */
+int dmafile_refuse(struct dmafile_map *m, u32 reason);
 int dmafile_map_file(struct dmafile_map *m, struct dma_buf **dmabuf);
 int dmafile_buf_status(struct dma_buf *dmabuf, struct dmafile_status *st);
 

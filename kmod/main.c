@@ -125,8 +125,7 @@ static long dmafile_ioctl_map(void __user *uarg, size_t usize)
 		return ret;
 	if (m.dmabuf_fd || m.backing || m.mapped_length || m.reason || m.pad ||
 	    memchr_inv(m.reserved, 0, sizeof(m.reserved))) {
-		ret = -EINVAL;
-		m.reason = DMAFILE_REASON_INVALID_ARGUMENT;
+		ret = dmafile_refuse(&m, DMAFILE_REASON_INVALID_ARGUMENT);
 		goto err_report;
 	}
 	ret = dmafile_map_file(&m, &dmabuf);

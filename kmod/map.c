@@ -25,6 +25,39 @@
 /* Pages pinned per pin_user_pages_fast() call, between signal checks. */
 #define DMAFILE_PIN_BATCH 512
 
+/* The errno of each refusal, as documented in the uapi header. */
+static const int dmafile_reason_errno[] = {
+	[DMAFILE_REASON_INVALID_ARGUMENT] = EINVAL,
+	[DMAFILE_REASON_FLAGS_UNSUPPORTED] = EINVAL,
+	[DMAFILE_REASON_PIN_REQUIRED] = EOPNOTSUPP,
+	[DMAFILE_REASON_BAD_FD] = EBADF,
+	[DMAFILE_REASON_NOT_REGULAR_FILE] = EINVAL,
+	[DMAFILE_REASON_FS_NOT_SUPPORTED] = EOPNOTSUPP,
+	[DMAFILE_REASON_UNALIGNED] = EINVAL,
+	[DMAFILE_REASON_INVALID_RANGE] = EINVAL,
+	[DMAFILE_REASON_BEYOND_EOF] = ENXIO,
+	[DMAFILE_REASON_TOO_LARGE] = EFBIG,
+	[DMAFILE_REASON_MEMLOCK_LIMIT] = ENOMEM,
+	[DMAFILE_REASON_GLOBAL_LIMIT] = ENOMEM,
+	[DMAFILE_REASON_FD_NOT_READABLE] = EBADF,
+	[DMAFILE_REASON_FD_NOT_WRITABLE] = EBADF,
+	[DMAFILE_REASON_SEALED] = EPERM,
+	[DMAFILE_REASON_IMMUTABLE] = EPERM,
+	[DMAFILE_REASON_WRITE_PIN_NOT_ALLOWED] = EOPNOTSUPP,
+	[DMAFILE_REASON_FILE_CHANGED] = EAGAIN,
+	[DMAFILE_REASON_IO_ERROR] = EIO,
+	[DMAFILE_REASON_NO_MEMORY] = ENOMEM,
+	[DMAFILE_REASON_INTERRUPTED] = EINTR,
+	/* MAP_FAILED carries the errno the filesystem or LSM gave instead. */
+};
+
+/* Records why a request is refused; returns the errno that goes with it. */
+int dmafile_refuse(struct dmafile_map *m, u32 reason)
+{
+	m->reason = reason;
+	return -dmafile_reason_errno[reason];
+}
+
 /*
  * Which refusal a failed pin at page @i was. GUP turns both a read error
  * and a fault past EOF into -EFAULT; reading the page again tells which.
@@ -58,37 +91,26 @@ static u32 dmafile_pin_reason(struct dmafile_buf *buf, int err,
 	return DMAFILE_REASON_FILE_CHANGED;
 }
 
-static int dmafile_reason_errno(u32 reason, int err)
-{
-	switch (reason) {
-	case DMAFILE_REASON_FILE_CHANGED:
-		return -EAGAIN;
-	case DMAFILE_REASON_INTERRUPTED:
-		return -EINTR;
-	case DMAFILE_REASON_IO_ERROR:
-		return -EIO;
-	}
-	return err;
-}
-
 /*
  * Pins the buffer's range of its file into buf->pages, all or nothing.
- * On success buf->pages holds one pin per page.
+ * On success buf->pages holds one pin per page. Returns a refusal reason;
+ * for DMAFILE_REASON_MAP_FAILED, *mmap_err is the errno vm_mmap gave.
  */
-static int dmafile_pin(struct dmafile_buf *buf, loff_t offset, u32 *reason)
+static u32 dmafile_pin(struct dmafile_buf *buf, loff_t offset, int *mmap_err)
 {
 	bool write = dmafile_buf_writable(buf);
 	unsigned long len = buf->npages << PAGE_SHIFT;
 	unsigned int gup = FOLL_LONGTERM | (write ? FOLL_WRITE : 0);
 	unsigned long addr, done = 0, i;
+	u32 reason = DMAFILE_REASON_NONE;
 	pgoff_t eof_index;
 	int ret = 0;
 
 	addr = vm_mmap(buf->file, 0, len, PROT_READ | (write ? PROT_WRITE : 0),
 		       MAP_SHARED, offset);
 	if (IS_ERR_VALUE(addr)) {
-		*reason = DMAFILE_REASON_MAP_FAILED;
-		return (long)addr;
+		*mmap_err = (long)addr;
+		return DMAFILE_REASON_MAP_FAILED;
 	}
 	while (done < buf->npages) {
 		unsigned long n = min_t(unsigned long, buf->npages - done,
@@ -111,7 +133,9 @@ static int dmafile_pin(struct dmafile_buf *buf, loff_t offset, u32 *reason)
 	}
 	vm_munmap(addr, len);
 
-	if (!ret) {
+	if (ret) {
+		reason = dmafile_pin_reason(buf, ret, done);
+	} else {
 		/*
 		 * The temporary mapping belonged to the caller, whose other
 		 * threads could have replaced it, and the file may have been
@@ -120,55 +144,62 @@ static int dmafile_pin(struct dmafile_buf *buf, loff_t offset, u32 *reason)
 		eof_index = dmafile_eof_index(buf);
 		for (i = 0; i < done; i++) {
 			if (!dmafile_page_current(buf, i, eof_index)) {
-				*reason = DMAFILE_REASON_FILE_CHANGED;
-				ret = -EAGAIN;
+				reason = DMAFILE_REASON_FILE_CHANGED;
 				break;
 			}
 		}
-	} else {
-		*reason = dmafile_pin_reason(buf, ret, done);
-		ret = dmafile_reason_errno(*reason, ret);
 	}
-	if (ret)
+	if (reason)
 		unpin_user_pages(buf->pages, done);
-	return ret;
+	return reason;
 }
 
 static u32 dmafile_check_file(struct file *file, u32 flags, u64 offset,
-			      u64 length, int *err)
+			      u64 length)
 {
 	struct inode *inode = file_inode(file);
 	bool write = flags & DMAFILE_MAP_WRITE;
 
-	*err = -EINVAL;
 	if (!S_ISREG(inode->i_mode))
 		return DMAFILE_REASON_NOT_REGULAR_FILE;
-	*err = -EBADF;
 	if ((file->f_mode & FMODE_PATH) || !(file->f_mode & FMODE_READ))
 		return DMAFILE_REASON_FD_NOT_READABLE;
 	if (write && !(file->f_mode & FMODE_WRITE))
 		return DMAFILE_REASON_FD_NOT_WRITABLE;
-	*err = -EOPNOTSUPP;
 	if (!dmafile_fs_allowed(inode->i_sb->s_type->name))
 		return DMAFILE_REASON_FS_NOT_SUPPORTED;
 	if (write) {
-		*err = -EPERM;
 		if (IS_IMMUTABLE(inode) || IS_APPEND(inode) ||
 		    IS_SWAPFILE(inode))
 			return DMAFILE_REASON_IMMUTABLE;
 		/* Mirrors the mm: only shmem page cache may be pinned writable. */
-		*err = -EOPNOTSUPP;
 		if (!shmem_mapping(file->f_mapping))
 			return DMAFILE_REASON_WRITE_PIN_NOT_ALLOWED;
-		*err = -EPERM;
 		if (READ_ONCE(SHMEM_I(inode)->seals) &
 		    (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE))
 			return DMAFILE_REASON_SEALED;
 	}
-	*err = -ENXIO;
 	if (offset + length > PAGE_ALIGN(i_size_read(inode)))
 		return DMAFILE_REASON_BEYOND_EOF;
-	*err = 0;
+	return DMAFILE_REASON_NONE;
+}
+
+/* The checks of a request that need nothing but its numbers. */
+static u32 dmafile_check_args(const struct dmafile_map *m)
+{
+	if (m->flags & ~DMAFILE_MAP_VALID_FLAGS)
+		return DMAFILE_REASON_FLAGS_UNSUPPORTED;
+	if (!(m->flags & DMAFILE_MAP_PIN))
+		return DMAFILE_REASON_PIN_REQUIRED;
+	if (!m->length || m->offset > U64_MAX - m->length ||
+	    m->length > U64_MAX - PAGE_SIZE)
+		return DMAFILE_REASON_INVALID_RANGE;
+	if (!PAGE_ALIGNED(m->offset))
+		return DMAFILE_REASON_UNALIGNED;
+	if (PAGE_ALIGN(m->length) > dmafile_max_map_bytes ||
+	    PAGE_ALIGN(m->length) > dmafile_max_pinned_bytes() ||
+	    m->offset + PAGE_ALIGN(m->length) > (u64)MAX_LFS_FILESIZE)
+		return DMAFILE_REASON_TOO_LARGE;
 	return DMAFILE_REASON_NONE;
 }
 
@@ -180,50 +211,27 @@ static u32 dmafile_check_file(struct file *file, u32 flags, u64 offset,
 int dmafile_map_file(struct dmafile_map *m, struct dma_buf **dmabuf)
 {
 	DEFINE_DMA_BUF_EXPORT_INFO(exp_info);
+	u64 length = PAGE_ALIGN(m->length);
 	struct dmafile_buf *buf;
 	struct dma_buf *db;
 	struct file *file;
-	u64 length;
+	u32 reason;
 	int ret;
 
-	if (m->flags & ~DMAFILE_MAP_VALID_FLAGS) {
-		m->reason = DMAFILE_REASON_FLAGS_UNSUPPORTED;
-		return -EINVAL;
-	}
-	if (!(m->flags & DMAFILE_MAP_PIN)) {
-		m->reason = DMAFILE_REASON_PIN_REQUIRED;
-		return -EOPNOTSUPP;
-	}
-	if (!m->length || m->offset > U64_MAX - m->length ||
-	    m->length > U64_MAX - PAGE_SIZE) {
-		m->reason = DMAFILE_REASON_INVALID_RANGE;
-		return -EINVAL;
-	}
-	if (!PAGE_ALIGNED(m->offset)) {
-		m->reason = DMAFILE_REASON_UNALIGNED;
-		return -EINVAL;
-	}
-	length = PAGE_ALIGN(m->length);
-	if (length > dmafile_max_map_bytes ||
-	    length > dmafile_max_pinned_bytes() ||
-	    m->offset + length > (u64)MAX_LFS_FILESIZE) {
-		m->reason = DMAFILE_REASON_TOO_LARGE;
-		return -EFBIG;
-	}
-
+	reason = dmafile_check_args(m);
+	if (reason)
+		return dmafile_refuse(m, reason);
 	/* O_PATH descriptors are refused as unreadable, not as bad. */
 	file = fget_raw(m->fd);
-	if (!file) {
-		m->reason = DMAFILE_REASON_BAD_FD;
-		return -EBADF;
-	}
-	m->reason = dmafile_check_file(file, m->flags, m->offset, m->length,
-				       &ret);
-	if (ret)
+	if (!file)
+		return dmafile_refuse(m, DMAFILE_REASON_BAD_FD);
+	reason = dmafile_check_file(file, m->flags, m->offset, m->length);
+	if (reason) {
+		ret = dmafile_refuse(m, reason);
 		goto err_put_file;
+	}
 
-	ret = -ENOMEM;
-	m->reason = DMAFILE_REASON_NO_MEMORY;
+	ret = dmafile_refuse(m, DMAFILE_REASON_NO_MEMORY);
 	buf = kzalloc(sizeof(*buf), GFP_KERNEL);
 	if (!buf)
 		goto err_put_file;
@@ -239,12 +247,19 @@ int dmafile_map_file(struct dmafile_map *m, struct dma_buf **dmabuf)
 	mutex_init(&buf->lock);
 	INIT_LIST_HEAD(&buf->attachments);
 
-	ret = dmafile_charge(&buf->charge, buf->npages, &m->reason);
-	if (ret)
+	reason = dmafile_charge(&buf->charge, buf->npages);
+	if (reason) {
+		ret = dmafile_refuse(m, reason);
 		goto err_free_pages;
-	ret = dmafile_pin(buf, m->offset, &m->reason);
-	if (ret)
+	}
+	reason = dmafile_pin(buf, m->offset, &ret);
+	if (reason) {
+		if (reason != DMAFILE_REASON_MAP_FAILED)
+			ret = dmafile_refuse(m, reason);
+		else
+			m->reason = reason;
 		goto err_uncharge;
+	}
 
 	exp_info.ops = &dmafile_dmabuf_ops;
 	exp_info.size = length;
@@ -264,10 +279,8 @@ int dmafile_map_file(struct dmafile_map *m, struct dma_buf **dmabuf)
 	return 0;
 
 err_unpin:
-	if (dmafile_buf_writable(buf))
-		unpin_user_pages_dirty_lock(buf->pages, buf->npages, false);
-	else
-		unpin_user_pages(buf->pages, buf->npages);
+	/* Nothing has written through the pages yet: no need to dirty them. */
+	unpin_user_pages(buf->pages, buf->npages);
 err_uncharge:
 	dmafile_uncharge(&buf->charge);
 err_free_pages:
