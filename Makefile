@@ -8,7 +8,7 @@ CARGO ?= cargo
 DEMO_SIZE ?= 256M
 DEMO_FILE ?= $(CACHE)/demo/dataset.bin
 
-.PHONY: all setup setup-guest build demo test test-host test-kmod test-guest kmod lint clean
+.PHONY: all setup setup-guest build demo test test-host test-kmod test-guest lint clean
 
 all: build
 
@@ -21,10 +21,6 @@ setup-guest:
 
 build: setup
 	$(CARGO) build --release --workspace --locked
-
-# dmafile.ko for the guest kernel.
-kmod: setup-guest
-	. scripts/guest-kernel.sh && $(MAKE) -C kmod KDIR=$$GUEST_KDIR
 
 # Generates a deterministic pseudo-random dataset, streams it through the
 # crc32c shader on the default GPU (lavapipe where there is none) and checks

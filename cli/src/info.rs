@@ -18,45 +18,57 @@ fn dma_heaps() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// What /dev/dmafile says about itself (ABI, limits, pinned bytes).
-fn module_report() -> serde_json::Value {
-    use dmafile::kmod::{caps, Module};
+/// What /dev/dmafile says about itself.
+enum ModuleState {
+    Absent,
+    Unusable(String),
+    Loaded(dmafile::kmod::Query),
+}
+
+fn module_state() -> ModuleState {
+    use dmafile::kmod::Module;
+    match Module::open() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ModuleState::Absent,
+        Err(e) => ModuleState::Unusable(e.to_string()),
+        Ok(m) => match m.query() {
+            Ok(q) => ModuleState::Loaded(q),
+            Err(e) => ModuleState::Unusable(format!("query ioctl: {e}")),
+        },
+    }
+}
+
+fn cap_names(caps: u32) -> Vec<&'static str> {
+    use dmafile::kmod::caps::*;
+    [
+        (PAGE_CACHE, "page-cache"),
+        (WRITE, "write"),
+        (STORAGE_DIRECT, "storage-direct"),
+        (STATUS, "status"),
+    ]
+    .into_iter()
+    .filter(|(b, _)| caps & b != 0)
+    .map(|(_, n)| n)
+    .collect()
+}
+
+fn module_json(m: &ModuleState) -> serde_json::Value {
     let dev = dmafile::kmod::DEVICE;
-    let m = match Module::open() {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return json!({ "device": dev, "loaded": false });
-        }
-        Err(e) => return json!({ "device": dev, "loaded": true, "error": e.to_string() }),
-        Ok(m) => m,
-    };
-    match m.query() {
-        Err(e) => json!({ "device": dev, "loaded": true, "error": format!("query ioctl: {e}") }),
-        Ok(q) => {
-            let names = [
-                (caps::PAGE_CACHE, "page-cache"),
-                (caps::WRITE, "write"),
-                (caps::STORAGE_DIRECT, "storage-direct"),
-                (caps::STATUS, "status"),
-            ];
-            let c: Vec<&str> = names
-                .iter()
-                .filter(|(b, _)| q.caps & b != 0)
-                .map(|(_, n)| *n)
-                .collect();
-            json!({
-                "device": dev,
-                "loaded": true,
-                "abi_version": q.abi_version,
-                "caps": c,
-                "page_size": q.page_size,
-                "max_pinned_bytes": q.max_pinned_bytes,
-                "pinned_bytes": q.pinned_bytes,
-                "user_pinned_bytes": q.user_pinned_bytes,
-                "memlock_limit": q.memlock_limit,
-                "max_map_bytes": q.max_map_bytes,
-                "buffers": q.nr_buffers,
-            })
-        }
+    match m {
+        ModuleState::Absent => json!({ "device": dev, "loaded": false }),
+        ModuleState::Unusable(e) => json!({ "device": dev, "loaded": true, "error": e }),
+        ModuleState::Loaded(q) => json!({
+            "device": dev,
+            "loaded": true,
+            "abi_version": q.abi_version,
+            "caps": cap_names(q.caps),
+            "page_size": q.page_size,
+            "max_pinned_bytes": q.max_pinned_bytes,
+            "pinned_bytes": q.pinned_bytes,
+            "user_pinned_bytes": q.user_pinned_bytes,
+            "memlock_limit": q.memlock_limit,
+            "max_map_bytes": q.max_map_bytes,
+            "buffers": q.nr_buffers,
+        }),
     }
 }
 
@@ -65,7 +77,7 @@ pub fn run(as_json: bool) -> Result<ExitCode, CliError> {
     let gpu = Gpu::open(wanted.as_deref())?;
     let (devices, chosen) = (gpu.devices(), gpu.chosen());
     let paths = gpu.path_availability();
-    let module = module_report();
+    let module = module_state();
     let heaps = dma_heaps();
     if as_json {
         let v = json!({
@@ -74,7 +86,7 @@ pub fn run(as_json: bool) -> Result<ExitCode, CliError> {
             "device_env": wanted,
             "max_chunk": gpu.info().max_chunk(),
             "paths": paths,
-            "module": module,
+            "module": module_json(&module),
             "dma_heaps": heaps,
         });
         return out(&format!("{v}\n")).map(|_| ExitCode::SUCCESS);
@@ -148,24 +160,13 @@ pub fn run(as_json: bool) -> Result<ExitCode, CliError> {
             );
         }
     }
-    match (&module["loaded"], module.get("error")) {
-        (serde_json::Value::Bool(false), _) => {
-            let _ = writeln!(
-                s,
-                "kernel module: not loaded ({} absent)",
-                dmafile::kmod::DEVICE
-            );
+    let dev = dmafile::kmod::DEVICE;
+    let _ = match &module {
+        ModuleState::Absent => writeln!(s, "kernel module: not loaded ({dev} absent)"),
+        ModuleState::Unusable(e) => {
+            writeln!(s, "kernel module: {dev} present but unusable: {e}")
         }
-        (_, Some(e)) => {
-            let _ = writeln!(
-                s,
-                "kernel module: {} present but unusable: {}",
-                dmafile::kmod::DEVICE,
-                e.as_str().unwrap_or("")
-            );
-        }
-        _ => {
-            let n = |k: &str| module[k].as_u64().unwrap_or(0);
+        ModuleState::Loaded(q) => {
             let limit = |v: u64| {
                 if v == u64::MAX {
                     "unlimited".to_string()
@@ -173,20 +174,20 @@ pub fn run(as_json: bool) -> Result<ExitCode, CliError> {
                     human(v)
                 }
             };
-            let _ = writeln!(
+            writeln!(
                 s,
                 "kernel module: dmafile ABI {} ({})\n    pinned {} of {} (yours {}, memlock limit {}), {} dma-bufs, max mapping {}",
-                n("abi_version"),
-                module["caps"].as_array().map(|c| c.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
-                human(n("pinned_bytes")),
-                human(n("max_pinned_bytes")),
-                human(n("user_pinned_bytes")),
-                limit(n("memlock_limit")),
-                n("buffers"),
-                human(n("max_map_bytes")),
-            );
+                q.abi_version,
+                cap_names(q.caps).join(", "),
+                human(q.pinned_bytes),
+                human(q.max_pinned_bytes),
+                human(q.user_pinned_bytes),
+                limit(q.memlock_limit),
+                q.nr_buffers,
+                human(q.max_map_bytes),
+            )
         }
-    }
+    };
     let _ = writeln!(
         s,
         "dma-buf heaps: {}",

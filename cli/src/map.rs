@@ -76,7 +76,7 @@ pub fn run(o: MapOpts) -> Result<ExitCode, CliError> {
             "offset": st.offset,
             "length": st.length,
             "requested_length": length,
-            "backing": st.backing.name(),
+            "backing": st.backing().name(),
             "writable": b.writable(),
             "flags": st.flags,
             "dev": format!("{}:{}", st.dev_major, st.dev_minor),
@@ -100,7 +100,7 @@ pub fn run(o: MapOpts) -> Result<ExitCode, CliError> {
         let _ = writeln!(
             s,
             "  backing:  {}{}",
-            st.backing,
+            st.backing(),
             if b.writable() {
                 ", writable"
             } else {

@@ -10,7 +10,6 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 
 use nix::errno::Errno;
 
@@ -236,21 +235,14 @@ pub struct MapError {
 pub type Query = raw::Query;
 
 /// The status of one of the module's dma-bufs ([`Module::status`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Status {
-    pub flags: u32,
-    pub backing: Backing,
-    pub state: u32,
-    pub dev_major: u32,
-    pub dev_minor: u32,
-    pub ino: u64,
-    pub offset: u64,
-    pub length: u64,
-    pub file_size: u64,
-    pub stale_pages: u64,
-}
+pub type Status = raw::Status;
 
-impl Status {
+impl raw::Status {
+    /// What backs the pages.
+    pub fn backing(&self) -> Backing {
+        Backing::from_code(self.backing)
+    }
+
     /// Some pages are no longer the file's (truncated or punched out).
     pub fn stale(&self) -> bool {
         self.state & state::STALE != 0
@@ -262,6 +254,24 @@ impl Status {
     }
 }
 
+/// `DMA_BUF_IOCTL_SYNC` flags (linux/dma-buf.h): bracket CPU access to any
+/// dma-buf's mapping with `START | access` and `END | access`.
+pub mod sync {
+    pub const READ: u64 = 1;
+    pub const WRITE: u64 = 2;
+    pub const RW: u64 = READ | WRITE;
+    pub const START: u64 = 0;
+    pub const END: u64 = 4;
+}
+
+nix::ioctl_write_ptr!(ioc_dma_buf_sync, b'b', 0, u64);
+
+/// `DMA_BUF_IOCTL_SYNC` on any dma-buf (ours or another exporter's).
+pub fn dma_buf_sync(dmabuf: BorrowedFd<'_>, sync_flags: u64) -> Result<(), Errno> {
+    // SAFETY: the ioctl reads one struct dma_buf_sync, a single u64.
+    unsafe { ioc_dma_buf_sync(dmabuf.as_raw_fd(), &sync_flags) }.map(drop)
+}
+
 /// An open `/dev/dmafile`.
 #[derive(Debug)]
 pub struct Module {
@@ -271,15 +281,11 @@ pub struct Module {
 impl Module {
     /// Opens [`DEVICE`]; `ENOENT` means the module is not loaded.
     pub fn open() -> std::io::Result<Module> {
-        Self::open_path(Path::new(DEVICE))
-    }
-
-    pub fn open_path(path: &Path) -> std::io::Result<Module> {
         let dev = OpenOptions::new()
             .read(true)
             .write(true)
             .custom_flags(nix::libc::O_CLOEXEC)
-            .open(path)?;
+            .open(DEVICE)?;
         Ok(Module { dev })
     }
 
@@ -344,18 +350,7 @@ impl Module {
         };
         // SAFETY: `st` is a valid `struct dmafile_status` borrowed mutably.
         unsafe { raw::ioc_status(self.dev.as_raw_fd(), &mut st) }?;
-        Ok(Status {
-            flags: st.flags,
-            backing: Backing::from_code(st.backing),
-            state: st.state,
-            dev_major: st.dev_major,
-            dev_minor: st.dev_minor,
-            ino: st.ino,
-            offset: st.offset,
-            length: st.length,
-            file_size: st.file_size,
-            stale_pages: st.stale_pages,
-        })
+        Ok(st)
     }
 }
 
@@ -391,21 +386,12 @@ impl DmaBuf {
         self.length == 0
     }
 
-    pub fn flags(&self) -> u32 {
-        self.flags
-    }
-
     pub fn backing(&self) -> Backing {
         self.backing
     }
 
     pub fn writable(&self) -> bool {
         self.flags & flags::WRITE != 0
-    }
-
-    /// Gives up ownership of the fd.
-    pub fn into_fd(self) -> OwnedFd {
-        self.fd
     }
 }
 

@@ -197,39 +197,39 @@ pub const MODULE_DEVICE: &str = "/dev/dmafile";
 /// The system dma-buf heap.
 pub const SYSTEM_HEAP: &str = "/dev/dma_heap/system";
 
-/// Machine-level checks of `direct` and `heap` (device-level checks are
-/// added by [`crate::Gpu::path_availability`]).
-pub(crate) fn kernel_side(kind: PathKind) -> Option<Unavailable> {
-    match kind {
-        PathKind::Direct => match Module::open() {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Unavailable::new(
+/// Opens /dev/dmafile for the direct path, or says why it cannot be used.
+pub(crate) fn open_module() -> Result<Module, Unavailable> {
+    let kind = PathKind::Direct;
+    let unusable = |why: String| Unavailable::new(kind, ReasonCode::ModuleUnusable, why);
+    let m = Module::open().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Unavailable::new(
                 kind,
                 ReasonCode::ModuleAbsent,
                 format!("kernel module dmafile is not loaded ({MODULE_DEVICE} does not exist)"),
-            )),
-            Err(e) => Some(Unavailable::new(
-                kind,
-                ReasonCode::ModuleUnusable,
-                format!("cannot open {MODULE_DEVICE}: {e}"),
-            )),
-            Ok(m) => match m.query() {
-                Ok(q) if q.abi_version == crate::kmod::ABI_VERSION => None,
-                Ok(q) => Some(Unavailable::new(
-                    kind,
-                    ReasonCode::ModuleUnusable,
-                    format!(
-                        "dmafile.ko speaks ABI {}, this runtime ABI {}",
-                        q.abi_version,
-                        crate::kmod::ABI_VERSION
-                    ),
-                )),
-                Err(e) => Some(Unavailable::new(
-                    kind,
-                    ReasonCode::ModuleUnusable,
-                    format!("{MODULE_DEVICE} does not answer the query ioctl ({e}): not dmafile.ko?"),
-                )),
-            },
-        },
+            )
+        } else {
+            unusable(format!("cannot open {MODULE_DEVICE}: {e}"))
+        }
+    })?;
+    match m.query() {
+        Ok(q) if q.abi_version == crate::kmod::ABI_VERSION => Ok(m),
+        Ok(q) => Err(unusable(format!(
+            "dmafile.ko speaks ABI {}, this runtime ABI {}",
+            q.abi_version,
+            crate::kmod::ABI_VERSION
+        ))),
+        Err(e) => Err(unusable(format!(
+            "{MODULE_DEVICE} does not answer the query ioctl ({e}): not dmafile.ko?"
+        ))),
+    }
+}
+
+/// Machine-level checks of `direct` and `heap` (device-level checks are
+/// added by [`crate::Gpu::unavailable`]).
+pub(crate) fn kernel_side(kind: PathKind) -> Option<Unavailable> {
+    match kind {
+        PathKind::Direct => open_module().err(),
         PathKind::Heap => (!Path::new(SYSTEM_HEAP).exists()).then(|| {
             Unavailable::new(
                 kind,

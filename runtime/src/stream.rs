@@ -8,7 +8,7 @@
 //! n+1 .. n+depth-1, and memory stays bounded by depth x chunk whatever the
 //! file size.
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -18,11 +18,13 @@ use serde::Serialize;
 
 use crate::error::{Error, Result, VkResultExt};
 use crate::gpu::kernels::Kernels;
-use crate::gpu::memory::{Buffer, Placement, Source};
+use crate::gpu::memory::{Buffer, DmaBufSource, Placement};
 use crate::gpu::Gpu;
 use crate::hostmap::{HostMapping, ReadLease};
-use crate::kmod::Module;
-use crate::path::{Fallback, PathChoice, PathKind, ReasonCode, Unavailable, SYSTEM_HEAP};
+use crate::kmod::{dma_buf_sync, sync, DmaBuf, Module};
+use crate::path::{
+    kernel_side, open_module, Fallback, PathChoice, PathKind, ReasonCode, Unavailable, SYSTEM_HEAP,
+};
 use crate::shader::{Accumulator, ShaderKind, ShaderResult};
 use crate::source::{Content, SourceFile};
 use crate::PAGE_SIZE;
@@ -150,8 +152,10 @@ pub struct Streamer {
     gpu: Gpu,
     cfg: StreamConfig,
     kernels: Option<Kernels>,
-    /// /dev/dmafile, open while the direct path is available.
+    /// /dev/dmafile, open when the direct path is available.
     module: Option<Module>,
+    /// The paths this machine and device cannot serve, found once.
+    unavailable: Vec<Unavailable>,
     /// The system dma-buf heap, opened on first use by the heap path.
     heap: Option<dma_heap::Heap>,
     cmd_pool: vk::CommandPool,
@@ -233,6 +237,7 @@ impl Streamer {
             cfg,
             kernels: None,
             module: None,
+            unavailable: Vec::new(),
             heap: None,
             cmd_pool: vk::CommandPool::null(),
             desc_pool: vk::DescriptorPool::null(),
@@ -242,8 +247,13 @@ impl Streamer {
             next_value: 0,
             setup_s: 0.0,
         };
-        if gpu.unavailable(PathKind::Direct).is_none() {
-            s.module = Module::open().ok();
+        for k in PathKind::ALL {
+            let u = gpu.device_unavailable(k).or_else(|| match k {
+                // Keep the module open for the stream's lifetime.
+                PathKind::Direct => open_module().map(|m| s.module = Some(m)).err(),
+                _ => kernel_side(k),
+            });
+            s.unavailable.extend(u);
         }
         let kernels = Kernels::new(dev, s.cfg.shader)?;
         let pci = vk::CommandPoolCreateInfo::default()
@@ -348,10 +358,20 @@ impl Streamer {
     }
 
     /// Picks the path for one file, recording what `auto` skipped.
+    /// Why `k` cannot serve any file in this stream, if it cannot.
+    fn unavailable(&self, k: PathKind) -> Option<Unavailable> {
+        self.unavailable.iter().find(|u| u.path == k).cloned()
+    }
+
+    /// Picks the path for one file, recording what `auto` skipped. For
+    /// `direct`, the mapping that showed the module accepts the file is its
+    /// first chunk, left in `first` for [`Streamer::fill`] (pinning it twice
+    /// would be wasted work).
     fn choose(
         &self,
         f: &SourceFile,
         lease: &mut Option<ReadLease>,
+        first: &mut Option<DmaBuf>,
         fallbacks: &mut Vec<Fallback>,
     ) -> Result<PathKind> {
         let mut file_reason = |k: PathKind| -> Option<Unavailable> {
@@ -364,9 +384,10 @@ impl Streamer {
                 }
                 // Ask the module about a first chunk: its policy (file
                 // system, permissions, memlock limit) is per file and user.
-                let m = self.module.as_ref()?;
-                if let Err(e) = m.map(f.fd(), 0, f.len().min(self.cfg.chunk), 0) {
-                    return Some(Unavailable::from_map_error(k, f.path(), &e));
+                let m = self.module.as_ref().expect("direct is available");
+                match m.map(f.fd(), 0, f.len().min(self.cfg.chunk), 0) {
+                    Ok(b) => *first = Some(b),
+                    Err(e) => return Some(Unavailable::from_map_error(k, f.path(), &e)),
                 }
             }
             if k == PathKind::Host {
@@ -406,7 +427,7 @@ impl Streamer {
         };
         match self.cfg.path {
             PathChoice::Only(k) => {
-                if let Some(u) = self.gpu.unavailable(k).or_else(|| file_reason(k)) {
+                if let Some(u) = self.unavailable(k).or_else(|| file_reason(k)) {
                     return Err(u.into());
                 }
                 Ok(k)
@@ -414,7 +435,7 @@ impl Streamer {
             PathChoice::Auto => {
                 let mut skipped = vec![];
                 for k in PathKind::ALL {
-                    if let Some(u) = self.gpu.unavailable(k) {
+                    if let Some(u) = self.unavailable(k) {
                         skipped.push((u, false));
                     } else if let Some(u) = file_reason(k) {
                         skipped.push((u, true));
@@ -461,6 +482,7 @@ impl Streamer {
                 ..Phases::default()
             },
             fallbacks: vec![],
+            first_chunk: None,
             cpu_copied: 0,
             gpu_copied: 0,
             in_flight: 0,
@@ -468,7 +490,8 @@ impl Streamer {
             done: 0,
         };
         for (fi, f) in files.iter().enumerate() {
-            let mut path = self.choose(f, &mut leases[fi], &mut st.fallbacks)?;
+            let mut path =
+                self.choose(f, &mut leases[fi], &mut st.first_chunk, &mut st.fallbacks)?;
             let len = f.len();
             let mut off = 0;
             while off < len {
@@ -510,6 +533,8 @@ impl Streamer {
                 off += n;
                 progress(st.done + st.in_flight, total);
             }
+            // The first fill always takes it; never let it serve another file.
+            st.first_chunk = None;
         }
         for _ in 0..self.slots.len() {
             let s = self.next_slot;
@@ -612,12 +637,7 @@ impl Streamer {
                         device: dev.info().name.clone(),
                         what: "upload memory is not host-visible".into(),
                     })?;
-                let dst = &mut bytes[..n as usize];
-                dst.par_chunks_mut(READ_PIECE)
-                    .enumerate()
-                    .try_for_each(|(i, piece)| {
-                        f.read_exact_at(piece, off + (i * READ_PIECE) as u64)
-                    })?;
+                read_parallel(f, off, &mut bytes[..n as usize])?;
                 let padded = (n as usize).next_multiple_of(4);
                 bytes[n as usize..padded].fill(0);
                 st.cpu_copied += n;
@@ -636,42 +656,35 @@ impl Streamer {
                 Ok(())
             }
             PathKind::Direct => {
-                let m = self.module.as_ref().ok_or_else(|| {
-                    Error::from(self.gpu.unavailable(path).unwrap_or_else(|| {
-                        Unavailable::new(path, ReasonCode::ModuleAbsent, "dmafile.ko is not open")
-                    }))
-                })?;
-                let b = m
-                    .map(f.fd(), off, n, 0)
-                    .map_err(|e| Error::from(Unavailable::from_map_error(path, f.path(), &e)))?;
-                slot.input = Some(Buffer::import_dmabuf(
-                    &dev,
-                    Source::Module(b),
-                    n.next_multiple_of(4),
-                )?);
+                let b = match st.first_chunk.take() {
+                    Some(b) if b.offset() == off => b,
+                    _ => self
+                        .module
+                        .as_ref()
+                        .expect("direct is chosen only with the module open")
+                        .map(f.fd(), off, n, 0)
+                        .map_err(|e| Unavailable::from_map_error(path, f.path(), &e))?,
+                };
+                let src = DmaBufSource::Module(b);
+                slot.input = Some(Buffer::import_dmabuf(&dev, src, n.next_multiple_of(4))?);
                 Ok(())
             }
             PathKind::Heap => {
                 if self.heap.is_none() {
-                    self.heap = Some(dma_heap::Heap::new(dma_heap::HeapKind::System).map_err(
-                        |e| {
-                            Error::from(Unavailable::new(
-                                path,
-                                ReasonCode::NoDmaHeap,
-                                format!("cannot open {SYSTEM_HEAP}: {e}"),
-                            ))
-                        },
-                    )?);
+                    let heap = dma_heap::Heap::new(dma_heap::HeapKind::System).map_err(|e| {
+                        Unavailable::new(
+                            path,
+                            ReasonCode::NoDmaHeap,
+                            format!("cannot open {SYSTEM_HEAP}: {e}"),
+                        )
+                    })?;
+                    self.heap = Some(heap);
                 }
                 let heap = self.heap.as_ref().expect("opened above");
-                let fd = fill_heap_buffer(heap, f, off, n)?;
+                let src = fill_heap_buffer(heap, f, off, n)?;
                 st.cpu_copied += n;
                 let slot = &mut self.slots[s];
-                slot.input = Some(Buffer::import_dmabuf(
-                    &dev,
-                    Source::Heap(fd),
-                    n.next_multiple_of(4),
-                )?);
+                slot.input = Some(Buffer::import_dmabuf(&dev, src, n.next_multiple_of(4))?);
                 Ok(())
             }
         }
@@ -906,77 +919,40 @@ impl Streamer {
     }
 }
 
+/// Reads `dst.len()` bytes of `f` at `off` in parallel pieces.
+fn read_parallel(f: &SourceFile, off: u64, dst: &mut [u8]) -> Result<()> {
+    dst.par_chunks_mut(READ_PIECE)
+        .enumerate()
+        .try_for_each(|(i, piece)| f.read_exact_at(piece, off + (i * READ_PIECE) as u64))
+}
+
 /// A system-heap dma-buf holding `n` bytes of `f` at `off` (zero tail),
 /// written through its CPU mapping between DMA_BUF_IOCTL_SYNC calls.
-fn fill_heap_buffer(heap: &dma_heap::Heap, f: &SourceFile, off: u64, n: u64) -> Result<OwnedFd> {
+fn fill_heap_buffer(
+    heap: &dma_heap::Heap,
+    f: &SourceFile,
+    off: u64,
+    n: u64,
+) -> Result<DmaBufSource> {
     let len = n.next_multiple_of(PAGE_SIZE);
+    let heap_err =
+        |what: &'static str, e: std::io::Error| Error::io(Path::new(SYSTEM_HEAP), what, e);
     let fd = heap
         .allocate(len as usize)
-        .map_err(|e| Error::io(Path::new(SYSTEM_HEAP), "cannot allocate", e))?;
-    let map = DmaBufMap::new(fd.as_fd(), len as usize)
-        .map_err(|e| Error::io(Path::new(SYSTEM_HEAP), "cannot mmap a heap buffer", e))?;
-    dma_buf_sync(fd.as_fd(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_WRITE)?;
-    // SAFETY: the mapping is `len` bytes, writable, and only this thread
-    // touches it until it is unmapped.
-    let bytes = unsafe { std::slice::from_raw_parts_mut(map.ptr as *mut u8, len as usize) };
-    let r = bytes[..n as usize]
-        .par_chunks_mut(READ_PIECE)
-        .enumerate()
-        .try_for_each(|(i, piece)| f.read_exact_at(piece, off + (i * READ_PIECE) as u64));
-    bytes[n as usize..].fill(0);
-    dma_buf_sync(fd.as_fd(), DMA_BUF_SYNC_END | DMA_BUF_SYNC_WRITE)?;
+        .map_err(|e| heap_err("cannot allocate", e))?;
+    // SAFETY: a fresh buffer nobody else maps or writes.
+    let mut map = unsafe { memmap2::MmapOptions::new().len(len as usize).map_mut(&fd) }
+        .map_err(|e| heap_err("cannot mmap a heap buffer", e))?;
+    let sync = |flags| {
+        dma_buf_sync(fd.as_fd(), flags).map_err(|e| heap_err("DMA_BUF_IOCTL_SYNC", e.into()))
+    };
+    sync(sync::START | sync::WRITE)?;
+    let r = read_parallel(f, off, &mut map[..n as usize]);
+    map[n as usize..].fill(0);
+    sync(sync::END | sync::WRITE)?;
     drop(map);
     r?;
-    Ok(fd)
-}
-
-const DMA_BUF_SYNC_WRITE: u64 = 2;
-const DMA_BUF_SYNC_START: u64 = 0;
-const DMA_BUF_SYNC_END: u64 = 4;
-nix::ioctl_write_ptr!(dma_buf_ioctl_sync, b'b', 0, u64);
-
-fn dma_buf_sync(fd: BorrowedFd<'_>, flags: u64) -> Result<()> {
-    // SAFETY: DMA_BUF_IOCTL_SYNC reads one struct dma_buf_sync (a u64).
-    unsafe { dma_buf_ioctl_sync(fd.as_raw_fd(), &flags) }
-        .map(drop)
-        .map_err(|e| Error::io(Path::new("dma-buf"), "DMA_BUF_IOCTL_SYNC", e.into()))
-}
-
-/// A shared read-write mapping of a dma-buf, unmapped on drop.
-struct DmaBufMap {
-    ptr: *mut std::ffi::c_void,
-    len: usize,
-}
-
-impl DmaBufMap {
-    fn new(fd: BorrowedFd<'_>, len: usize) -> std::io::Result<DmaBufMap> {
-        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
-        let n = std::num::NonZeroUsize::new(len).ok_or(std::io::ErrorKind::InvalidInput)?;
-        // SAFETY: a new mapping the kernel places; nothing else aliases it.
-        let p = unsafe {
-            mmap(
-                None,
-                n,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-                fd,
-                0,
-            )
-        }?;
-        Ok(DmaBufMap {
-            ptr: p.as_ptr(),
-            len,
-        })
-    }
-}
-
-impl Drop for DmaBufMap {
-    fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in new().
-        let _ = unsafe {
-            nix::sys::mman::munmap(std::ptr::NonNull::new(self.ptr).expect("mapped"), self.len)
-        };
-    }
+    Ok(DmaBufSource::Heap { fd, len })
 }
 
 fn check_lease(f: &SourceFile, l: &Option<ReadLease>) -> Result<()> {
@@ -994,6 +970,9 @@ struct RunState {
     file_paths: Vec<BTreeMap<PathKind, u64>>,
     phases: Phases,
     fallbacks: Vec<Fallback>,
+    /// The direct path's first chunk of the current file, mapped by
+    /// `choose` when it asked the module, used by the first `fill`.
+    first_chunk: Option<DmaBuf>,
     cpu_copied: u64,
     gpu_copied: u64,
     in_flight: u64,

@@ -235,24 +235,7 @@ impl Vgem {
 
 /// Allocates a dma-buf from /dev/dma_heap/system: another exporter's.
 pub fn heap_dmabuf(len: u64) -> Result<OwnedFd, String> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct Alloc {
-        len: u64,
-        fd: u32,
-        fd_flags: u32,
-        heap_flags: u64,
-    }
-    nix::ioctl_readwrite!(heap_alloc, b'H', 0, Alloc);
-    let heap = open_ro(Path::new("/dev/dma_heap/system"));
-    let mut a = Alloc {
-        len,
-        fd_flags: (nix::libc::O_RDWR | nix::libc::O_CLOEXEC) as u32,
-        ..Default::default()
-    };
-    use std::os::fd::{AsRawFd, FromRawFd};
-    // SAFETY: `a` is a valid struct dma_heap_allocation_data for the call.
-    unsafe { heap_alloc(heap.as_raw_fd(), &mut a) }.map_err(|e| format!("dma-heap alloc: {e}"))?;
-    // SAFETY: the kernel installed this fd for us.
-    Ok(unsafe { OwnedFd::from_raw_fd(a.fd as i32) })
+    dma_heap::Heap::new(dma_heap::HeapKind::System)
+        .and_then(|h| h.allocate(len as usize))
+        .map_err(|e| format!("dma-heap alloc: {e}"))
 }

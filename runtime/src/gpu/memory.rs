@@ -11,26 +11,6 @@ use crate::error::{Error, Result, VkResultExt};
 use crate::hostmap::HostMapping;
 use crate::kmod::DmaBuf;
 
-/// What an imported buffer's memory came from; kept until the memory is
-/// freed.
-pub(crate) enum Source {
-    Host(#[allow(dead_code)] /* held for its Drop */ HostMapping),
-    /// A dmafile.ko mapping of the file (the direct path).
-    Module(DmaBuf),
-    /// A dma-heap buffer filled from the file (the heap path).
-    Heap(OwnedFd),
-}
-
-impl Source {
-    fn dmabuf_fd(&self) -> Option<BorrowedFd<'_>> {
-        match self {
-            Source::Host(_) => None,
-            Source::Module(b) => Some(b.as_fd()),
-            Source::Heap(fd) => Some(fd.as_fd()),
-        }
-    }
-}
-
 /// What a new allocation is for, which decides the memory type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Placement {
@@ -40,6 +20,39 @@ pub(crate) enum Placement {
     Readback,
     /// Only the device touches it.
     Device,
+}
+
+/// A dma-buf an imported buffer's memory came from, with its size.
+pub(crate) enum DmaBufSource {
+    /// A dmafile.ko mapping of the file (the direct path).
+    Module(DmaBuf),
+    /// A dma-heap buffer filled from the file (the heap path).
+    Heap { fd: OwnedFd, len: u64 },
+}
+
+impl DmaBufSource {
+    fn len(&self) -> u64 {
+        match self {
+            DmaBufSource::Module(b) => b.len(),
+            DmaBufSource::Heap { len, .. } => *len,
+        }
+    }
+}
+
+impl AsFd for DmaBufSource {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            DmaBufSource::Module(b) => b.as_fd(),
+            DmaBufSource::Heap { fd, .. } => fd.as_fd(),
+        }
+    }
+}
+
+/// What an imported buffer's memory came from; kept until the memory is
+/// freed.
+enum Source {
+    Host(#[allow(dead_code)] /* held for its Drop */ HostMapping),
+    DmaBuf(DmaBufSource),
 }
 
 pub(crate) struct Buffer {
@@ -56,6 +69,64 @@ pub(crate) struct Buffer {
 // SAFETY: Vulkan handles may move between threads; the mapped pointer is only
 // dereferenced through &mut self.
 unsafe impl Send for Buffer {}
+
+/// A VkBuffer without memory yet, destroyed on drop unless it becomes a
+/// [`Buffer`]: every early return of an allocation cleans up by itself.
+struct Unbound<'a> {
+    dev: &'a Arc<DeviceShared>,
+    buffer: vk::Buffer,
+}
+
+impl<'a> Unbound<'a> {
+    fn create(dev: &'a Arc<DeviceShared>, ci: &vk::BufferCreateInfo<'_>) -> Result<Self> {
+        // SAFETY: valid create info.
+        let buffer = unsafe { dev.device.create_buffer(ci, None) }.vk("vkCreateBuffer")?;
+        Ok(Unbound { dev, buffer })
+    }
+
+    /// The memory requirements, and whether the driver wants a dedicated
+    /// allocation.
+    fn requirements(&self) -> (vk::MemoryRequirements, bool) {
+        let mut dedicated = vk::MemoryDedicatedRequirements::default();
+        let mut req2 = vk::MemoryRequirements2::default().push_next(&mut dedicated);
+        let rqi = vk::BufferMemoryRequirementsInfo2::default().buffer(self.buffer);
+        // SAFETY: buffer from this device; Vulkan 1.1 core.
+        unsafe {
+            self.dev
+                .device
+                .get_buffer_memory_requirements2(&rqi, &mut req2)
+        };
+        let req = req2.memory_requirements;
+        let want = dedicated.prefers_dedicated_allocation == vk::TRUE
+            || dedicated.requires_dedicated_allocation == vk::TRUE;
+        (req, want)
+    }
+
+    /// Binds `memory` (allocated for this buffer's requirements; the new
+    /// Buffer owns and frees it) at offset 0.
+    fn bind(self, memory: vk::DeviceMemory, size: u64, source: Option<Source>) -> Result<Buffer> {
+        let b = Buffer {
+            dev: self.dev.clone(),
+            buffer: self.buffer,
+            memory,
+            size,
+            mapped: std::ptr::null_mut(),
+            source,
+        };
+        // From here the Buffer destroys the VkBuffer.
+        std::mem::forget(self);
+        // SAFETY: the memory was allocated for this buffer's requirements.
+        unsafe { b.dev.device.bind_buffer_memory(b.buffer, memory, 0) }.vk("vkBindBufferMemory")?;
+        Ok(b)
+    }
+}
+
+impl Drop for Unbound<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the buffer has no memory and was never used.
+        unsafe { self.dev.device.destroy_buffer(self.buffer, None) };
+    }
+}
 
 fn find_type(
     props: &vk::PhysicalDeviceMemoryProperties,
@@ -81,15 +152,12 @@ const STORAGE_USAGE: vk::BufferUsageFlags = vk::BufferUsageFlags::from_raw(
 impl Buffer {
     pub fn allocate(dev: &Arc<DeviceShared>, size: u64, placement: Placement) -> Result<Buffer> {
         use vk::MemoryPropertyFlags as F;
-        let d = &dev.device;
         let ci = vk::BufferCreateInfo::default()
             .size(size.max(4))
             .usage(STORAGE_USAGE)
             .sharing_mode(vk::SharingMode::EXCLUSIVE);
-        // SAFETY: valid device and create info.
-        let buffer = unsafe { d.create_buffer(&ci, None) }.vk("vkCreateBuffer")?;
-        // SAFETY: buffer was just created from d.
-        let req = unsafe { d.get_buffer_memory_requirements(buffer) };
+        let buffer = Unbound::create(dev, &ci)?;
+        let (req, _) = buffer.requirements();
         let ranked: &[F] = match placement {
             Placement::Upload => &[
                 F::HOST_VISIBLE | F::HOST_COHERENT | F::DEVICE_LOCAL,
@@ -101,42 +169,27 @@ impl Buffer {
             ],
             Placement::Device => &[F::DEVICE_LOCAL, F::empty()],
         };
-        let Some(type_index) = find_type(&dev.mem_props, req.memory_type_bits, ranked) else {
-            // SAFETY: not bound, not in use.
-            unsafe { d.destroy_buffer(buffer, None) };
-            return Err(Error::DeviceUnsuitable {
-                device: dev.info().name.clone(),
-                what: format!("no memory type for {placement:?} buffers"),
-            });
-        };
+        let type_index =
+            find_type(&dev.mem_props, req.memory_type_bits, ranked).ok_or_else(|| {
+                Error::DeviceUnsuitable {
+                    device: dev.info().name.clone(),
+                    what: format!("no memory type for {placement:?} buffers"),
+                }
+            })?;
         let ai = vk::MemoryAllocateInfo::default()
             .allocation_size(req.size)
             .memory_type_index(type_index);
         // SAFETY: valid allocate info.
-        let memory = match unsafe { d.allocate_memory(&ai, None) }.vk("vkAllocateMemory") {
-            Ok(m) => m,
-            Err(e) => {
-                // SAFETY: not bound, not in use.
-                unsafe { d.destroy_buffer(buffer, None) };
-                return Err(e);
-            }
-        };
+        let memory = unsafe { dev.device.allocate_memory(&ai, None) }.vk("vkAllocateMemory")?;
+        let mut b = buffer.bind(memory, size, None)?;
         let flags = dev.mem_props.memory_types[type_index as usize].property_flags;
-        let mut b = Buffer {
-            dev: dev.clone(),
-            buffer,
-            memory,
-            size,
-            mapped: std::ptr::null_mut(),
-            source: None,
-        };
-        // SAFETY: memory fits the buffer's requirements; offset 0.
-        unsafe { d.bind_buffer_memory(buffer, memory, 0) }.vk("vkBindBufferMemory")?;
         if flags.contains(F::HOST_VISIBLE) {
             // SAFETY: host-visible memory, mapped once for the buffer's lifetime.
-            b.mapped =
-                unsafe { d.map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty()) }
-                    .vk("vkMapMemory")? as *mut u8;
+            b.mapped = unsafe {
+                dev.device
+                    .map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty())
+            }
+            .vk("vkMapMemory")? as *mut u8;
         }
         Ok(b)
     }
@@ -144,7 +197,6 @@ impl Buffer {
     /// Imports a host mapping as device memory. On failure the mapping is
     /// dropped (unmapped) and the Vulkan error returned.
     pub fn import_host(dev: &Arc<DeviceShared>, map: HostMapping) -> Result<Buffer> {
-        let d = &dev.device;
         let Some(ext) = dev.host_ext.as_ref() else {
             return Err(Error::DeviceUnsuitable {
                 device: dev.info().name.clone(),
@@ -165,20 +217,14 @@ impl Buffer {
             .usage(STORAGE_USAGE)
             .sharing_mode(vk::SharingMode::EXCLUSIVE)
             .push_next(&mut ext_ci);
-        // SAFETY: valid create info.
-        let buffer = unsafe { d.create_buffer(&ci, None) }.vk("vkCreateBuffer")?;
-        // SAFETY: buffer from d.
-        let req = unsafe { d.get_buffer_memory_requirements(buffer) };
+        let buffer = Unbound::create(dev, &ci)?;
+        let (req, _) = buffer.requirements();
         let bits = req.memory_type_bits & hp.memory_type_bits;
-        let Some(type_index) = find_type(&dev.mem_props, bits, &[vk::MemoryPropertyFlags::empty()])
-        else {
-            // SAFETY: unbound buffer.
-            unsafe { d.destroy_buffer(buffer, None) };
-            return Err(Error::Vulkan {
+        let type_index = find_type(&dev.mem_props, bits, &[vk::MemoryPropertyFlags::empty()])
+            .ok_or(Error::Vulkan {
                 call: "host pointer import (no compatible memory type)",
                 result: vk::Result::ERROR_INVALID_EXTERNAL_HANDLE,
-            });
-        };
+            })?;
         let mut import = vk::ImportMemoryHostPointerInfoEXT::default()
             .handle_type(ht)
             .host_pointer(map.ptr());
@@ -188,52 +234,26 @@ impl Buffer {
             .push_next(&mut import);
         // SAFETY: the host pointer stays mapped until after this memory is
         // freed: the Buffer owns both and frees the memory first.
-        let memory = match unsafe { d.allocate_memory(&ai, None) }
-            .vk("vkAllocateMemory (host pointer import)")
-        {
-            Ok(m) => m,
-            Err(e) => {
-                // SAFETY: unbound buffer.
-                unsafe { d.destroy_buffer(buffer, None) };
-                return Err(e);
-            }
-        };
-        let b = Buffer {
-            dev: dev.clone(),
-            buffer,
-            memory,
-            size: map.size(),
-            mapped: std::ptr::null_mut(),
-            source: Some(Source::Host(map)),
-        };
-        // SAFETY: the memory was allocated for this buffer's requirements.
-        unsafe { d.bind_buffer_memory(buffer, memory, 0) }.vk("vkBindBufferMemory")?;
-        Ok(b)
+        let memory = unsafe { dev.device.allocate_memory(&ai, None) }
+            .vk("vkAllocateMemory (host pointer import)")?;
+        let size = map.size();
+        buffer.bind(memory, size, Some(Source::Host(map)))
     }
 
-    /// Imports a dma-buf (`source` holds it) as a buffer of `size` bytes at
-    /// offset 0 of the dma-buf, with VK_EXT_external_memory_dma_buf.
-    pub fn import_dmabuf(dev: &Arc<DeviceShared>, source: Source, size: u64) -> Result<Buffer> {
-        let d = &dev.device;
-        let fd = source.dmabuf_fd().expect("a dma-buf source");
+    /// Imports a dma-buf as a buffer of `size` bytes at its offset 0, with
+    /// VK_EXT_external_memory_dma_buf; the buffer keeps `source` alive.
+    pub fn import_dmabuf(
+        dev: &Arc<DeviceShared>,
+        source: DmaBufSource,
+        size: u64,
+    ) -> Result<Buffer> {
         let Some(ext) = dev.fd_ext.as_ref() else {
             return Err(Error::DeviceUnsuitable {
                 device: dev.info().name.clone(),
                 what: "no VK_EXT_external_memory_dma_buf".into(),
             });
         };
-        // The dma-buf's size, as importers (and lavapipe) take it.
-        let dma_len =
-            nix::unistd::lseek(fd.as_raw_fd(), 0, nix::unistd::Whence::SeekEnd).map_err(|e| {
-                Error::Vulkan {
-                    call: "dma-buf import (lseek for its size)",
-                    result: if e == nix::errno::Errno::ESPIPE {
-                        vk::Result::ERROR_INVALID_EXTERNAL_HANDLE
-                    } else {
-                        vk::Result::ERROR_UNKNOWN
-                    },
-                }
-            })? as u64;
+        let fd = source.as_fd();
         let ht = vk::ExternalMemoryHandleTypeFlags::DMA_BUF_EXT;
         let mut props = vk::MemoryFdPropertiesKHR::default();
         // SAFETY: fd is an open dma-buf for the duration of the call.
@@ -245,76 +265,41 @@ impl Buffer {
             .usage(STORAGE_USAGE)
             .sharing_mode(vk::SharingMode::EXCLUSIVE)
             .push_next(&mut ext_ci);
-        // SAFETY: valid create info.
-        let buffer = unsafe { d.create_buffer(&ci, None) }.vk("vkCreateBuffer")?;
-        let mut dedicated = vk::MemoryDedicatedRequirements::default();
-        let mut req2 = vk::MemoryRequirements2::default().push_next(&mut dedicated);
-        let rqi = vk::BufferMemoryRequirementsInfo2::default().buffer(buffer);
-        // SAFETY: buffer from d; Vulkan 1.1 core.
-        unsafe { d.get_buffer_memory_requirements2(&rqi, &mut req2) };
-        let req = req2.memory_requirements;
-        let want_dedicated = dedicated.prefers_dedicated_allocation == vk::TRUE
-            || dedicated.requires_dedicated_allocation == vk::TRUE;
+        let buffer = Unbound::create(dev, &ci)?;
+        let (req, want_dedicated) = buffer.requirements();
         let bits = req.memory_type_bits & props.memory_type_bits;
-        let type_index = if req.size > dma_len {
-            None
-        } else {
-            find_type(&dev.mem_props, bits, &[vk::MemoryPropertyFlags::empty()])
-        };
-        let Some(type_index) = type_index else {
-            // SAFETY: unbound buffer.
-            unsafe { d.destroy_buffer(buffer, None) };
-            return Err(Error::Vulkan {
+        let type_index = (req.size <= source.len())
+            .then(|| find_type(&dev.mem_props, bits, &[vk::MemoryPropertyFlags::empty()]))
+            .flatten()
+            .ok_or(Error::Vulkan {
                 call: "dma-buf import (no compatible memory type, or the dma-buf is smaller than the buffer needs)",
                 result: vk::Result::ERROR_INVALID_EXTERNAL_HANDLE,
-            });
-        };
+            })?;
         // Vulkan takes ownership of the fd it imports: give it a duplicate.
-        let dup = match fd.try_clone_to_owned() {
-            Ok(f) => f.into_raw_fd(),
-            Err(e) => {
-                // SAFETY: unbound buffer.
-                unsafe { d.destroy_buffer(buffer, None) };
-                return Err(Error::io(std::path::Path::new("dma-buf"), "cannot dup", e));
-            }
-        };
+        let dup = fd
+            .try_clone_to_owned()
+            .map_err(|e| Error::io(std::path::Path::new("dma-buf"), "cannot dup", e))?
+            .into_raw_fd();
         let mut import = vk::ImportMemoryFdInfoKHR::default().handle_type(ht).fd(dup);
-        let mut ded = vk::MemoryDedicatedAllocateInfo::default().buffer(buffer);
+        let mut ded = vk::MemoryDedicatedAllocateInfo::default().buffer(buffer.buffer);
         let mut ai = vk::MemoryAllocateInfo::default()
-            .allocation_size(dma_len)
+            .allocation_size(source.len())
             .memory_type_index(type_index)
             .push_next(&mut import);
         if want_dedicated {
             ai = ai.push_next(&mut ded);
         }
         // SAFETY: valid allocate info; on success the memory owns `dup`.
-        let memory =
-            match unsafe { d.allocate_memory(&ai, None) }.vk("vkAllocateMemory (dma-buf import)") {
-                Ok(m) => m,
-                Err(e) => {
-                    close_failed_import(dup, fd);
-                    // SAFETY: unbound buffer.
-                    unsafe { d.destroy_buffer(buffer, None) };
-                    return Err(e);
-                }
-            };
-        let b = Buffer {
-            dev: dev.clone(),
-            buffer,
-            memory,
-            size,
-            mapped: std::ptr::null_mut(),
-            source: Some(source),
-        };
-        // SAFETY: the memory was allocated for this buffer's requirements.
-        unsafe { d.bind_buffer_memory(buffer, memory, 0) }.vk("vkBindBufferMemory")?;
-        Ok(b)
+        let memory = unsafe { dev.device.allocate_memory(&ai, None) }
+            .vk("vkAllocateMemory (dma-buf import)")
+            .inspect_err(|_| close_failed_import(dup, fd))?;
+        buffer.bind(memory, size, Some(Source::DmaBuf(source)))
     }
 
     /// The dmafile.ko dma-buf this buffer was imported from, if any.
     pub fn module_dmabuf(&self) -> Option<&DmaBuf> {
         match &self.source {
-            Some(Source::Module(b)) => Some(b),
+            Some(Source::DmaBuf(DmaBufSource::Module(b))) => Some(b),
             _ => None,
         }
     }

@@ -450,27 +450,26 @@ impl Gpu {
 
     /// Why `kind` cannot be used at all on this machine, if it cannot.
     pub fn unavailable(&self, kind: PathKind) -> Option<Unavailable> {
+        self.device_unavailable(kind).or_else(|| kernel_side(kind))
+    }
+
+    /// The device-level half of [`Gpu::unavailable`]: missing extensions.
+    pub(crate) fn device_unavailable(&self, kind: PathKind) -> Option<Unavailable> {
         let f = &self.shared.info().features;
         let name = &self.shared.info().name;
-        match kind {
+        let (has, ext) = match kind {
             PathKind::Direct | PathKind::Heap => {
-                if !f.external_memory_dma_buf {
-                    return Some(Unavailable::new(
-                        kind,
-                        ReasonCode::MissingExtension,
-                        format!("{name} lacks VK_EXT_external_memory_dma_buf"),
-                    ));
-                }
-                kernel_side(kind)
+                (f.external_memory_dma_buf, "VK_EXT_external_memory_dma_buf")
             }
-            PathKind::Host => (!f.external_memory_host).then(|| {
-                Unavailable::new(
-                    kind,
-                    ReasonCode::MissingExtension,
-                    format!("{name} lacks VK_EXT_external_memory_host"),
-                )
-            }),
-            PathKind::Upload => None,
-        }
+            PathKind::Host => (f.external_memory_host, "VK_EXT_external_memory_host"),
+            PathKind::Upload => return None,
+        };
+        (!has).then(|| {
+            Unavailable::new(
+                kind,
+                ReasonCode::MissingExtension,
+                format!("{name} lacks {ext}"),
+            )
+        })
     }
 }
