@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SHADERS: &[&str] = &["crc32c", "sum64", "histogram"];
+const SHADERS: &[&str] = &["crc32c", "sum64", "histogram", "invert"];
 
 fn run(tool: &str, args: &[&std::ffi::OsStr]) {
     let out = Command::new(tool).args(args).output().unwrap_or_else(|e| {

@@ -28,6 +28,10 @@ pub enum Error {
     /// (`chunk`, `depth`, `memory_budget`, ...).
     #[error("{setting}: {msg}")]
     Config { setting: &'static str, msg: String },
+    /// A shader that may write a binding was given a region mapped
+    /// read-only there; nothing was dispatched.
+    #[error("{}: binding {binding} of the shader may be written, but the region is mapped read-only; map it with Access::ReadWrite (nothing was run)", path.display())]
+    ReadOnlyRegion { path: PathBuf, binding: u32 },
     /// The requested path cannot be used for this request.
     #[error("path `{}` is unavailable: {} [{}]", .0.path, .0.reason, .0.code)]
     PathUnavailable(Unavailable),

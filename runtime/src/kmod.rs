@@ -197,6 +197,13 @@ pub enum Backing {
     Unknown(u32),
 }
 
+/// Serialized by name, as the CLI's JSON shows it.
+impl serde::Serialize for Backing {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
 impl Backing {
     pub fn from_code(code: u32) -> Self {
         match code {

@@ -15,24 +15,30 @@
 //! ```
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod compute;
 pub mod cpu;
 mod error;
 mod gpu;
 mod hostmap;
 pub mod kmod;
 pub mod path;
+pub mod region;
 pub mod shader;
 pub mod source;
+mod spirv;
 pub mod stream;
 #[cfg(test)]
 #[path = "../../tests/common/mod.rs"]
 mod test_common;
 
+pub use compute::{Arg, DeviceBuffer, Kernel};
 pub use error::{Error, Result};
 pub use gpu::{choose_device, DeviceInfo, DeviceKind, Features, Gpu, MemoryType};
 pub use path::{Fallback, PathAvailability, PathChoice, PathKind, ReasonCode, Unavailable};
+pub use region::{Access, Region, RegionOptions, RegionReport};
 pub use shader::{Accumulator, ShaderKind, ShaderResult};
 pub use source::SourceFile;
+pub use spirv::Binding;
 pub use stream::{StreamConfig, StreamReport, Streamer};
 
 /// The page size dmafile aligns chunks and mappings to (x86-64, arm64 4K).

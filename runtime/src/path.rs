@@ -113,6 +113,9 @@ pub enum ReasonCode {
     ImportFailed,
     /// The device's limits do not allow this request on this path.
     DeviceLimit,
+    /// The path gives the device a copy of the file or a read-only mapping,
+    /// and cannot carry the device's writes back to it.
+    ReadOnlyPath,
 }
 
 impl ReasonCode {
@@ -127,6 +130,7 @@ impl ReasonCode {
             ReasonCode::NoLease => "no-lease",
             ReasonCode::ImportFailed => "import-failed",
             ReasonCode::DeviceLimit => "device-limit",
+            ReasonCode::ReadOnlyPath => "read-only-path",
         }
     }
 }

@@ -89,9 +89,29 @@ fn pseudo_fs_name(file: &File) -> Option<&'static str> {
 impl SourceFile {
     /// Opens `path` read-only and checks that dmafile can stream it.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
+        Self::open_mode(path.as_ref(), false)
+    }
+
+    /// Opens `path` for reading and writing (a region the device writes).
+    /// Pseudo-files are refused: their bytes are not a file's pages.
+    pub fn open_writable(path: impl AsRef<Path>) -> Result<Self> {
+        let f = Self::open_mode(path.as_ref(), true)?;
+        if let Content::Snapshot { fs, .. } = f.content {
+            return Err(Error::BadInput {
+                path: f.path,
+                reason: format!(
+                    "is a pseudo-file on {fs}; the device can only write regular files"
+                ),
+            });
+        }
+        Ok(f)
+    }
+
+    fn open_mode(path: &Path, write: bool) -> Result<Self> {
+        let path = path.to_path_buf();
         let file = std::fs::OpenOptions::new()
             .read(true)
+            .write(write)
             // Never block on a FIFO without a writer; refused below anyway.
             .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
             .open(&path)

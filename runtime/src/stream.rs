@@ -920,7 +920,7 @@ impl Streamer {
 }
 
 /// Reads `dst.len()` bytes of `f` at `off` in parallel pieces.
-fn read_parallel(f: &SourceFile, off: u64, dst: &mut [u8]) -> Result<()> {
+pub(crate) fn read_parallel(f: &SourceFile, off: u64, dst: &mut [u8]) -> Result<()> {
     dst.par_chunks_mut(READ_PIECE)
         .enumerate()
         .try_for_each(|(i, piece)| f.read_exact_at(piece, off + (i * READ_PIECE) as u64))
@@ -928,7 +928,7 @@ fn read_parallel(f: &SourceFile, off: u64, dst: &mut [u8]) -> Result<()> {
 
 /// A system-heap dma-buf holding `n` bytes of `f` at `off` (zero tail),
 /// written through its CPU mapping between DMA_BUF_IOCTL_SYNC calls.
-fn fill_heap_buffer(
+pub(crate) fn fill_heap_buffer(
     heap: &dma_heap::Heap,
     f: &SourceFile,
     off: u64,

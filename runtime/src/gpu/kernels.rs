@@ -13,9 +13,9 @@ use crate::shader::ShaderKind;
 /// Invocations per workgroup (`local_size_x` in the shaders).
 pub(crate) const WORKGROUP: u64 = 64;
 
-const SPV_CRC32C: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/crc32c.spv"));
-const SPV_SUM64: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sum64.spv"));
-const SPV_HISTOGRAM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/histogram.spv"));
+use crate::compute::builtin::{
+    CRC32C as SPV_CRC32C, HISTOGRAM as SPV_HISTOGRAM, SUM64 as SPV_SUM64,
+};
 
 pub(crate) struct Kernels {
     dev: Arc<DeviceShared>,

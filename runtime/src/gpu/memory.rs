@@ -304,6 +304,28 @@ impl Buffer {
         }
     }
 
+    /// The dma-buf this buffer was imported from, if any.
+    pub fn dmabuf_source(&self) -> Option<&DmaBufSource> {
+        match &self.source {
+            Some(Source::DmaBuf(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Whether the memory is imported (external to this device).
+    pub fn is_imported(&self) -> bool {
+        self.source.is_some()
+    }
+
+    /// The CPU view of a host-visible buffer, read-only.
+    pub fn host_bytes(&self) -> Option<&[u8]> {
+        if self.mapped.is_null() {
+            return None;
+        }
+        // SAFETY: as for host_bytes_mut; &self means no CPU writer exists.
+        Some(unsafe { std::slice::from_raw_parts(self.mapped, self.size as usize) })
+    }
+
     /// The CPU view of a host-visible buffer.
     pub fn host_bytes_mut(&mut self) -> Option<&mut [u8]> {
         if self.mapped.is_null() {

@@ -77,6 +77,10 @@ pub struct DeviceInfo {
     /// Alignment of host pointers and sizes for the host path (0 without the extension).
     pub min_imported_host_pointer_alignment: u64,
     pub max_compute_work_group_count_x: u32,
+    /// Workgroups one dispatch may have in x, y and z.
+    pub max_compute_work_group_count: [u32; 3],
+    /// Bytes of push constants a pipeline may have.
+    pub max_push_constants_size: u32,
     pub memory_types: Vec<MemoryType>,
     /// True when some memory is both device-local and host-visible (UMA,
     /// lavapipe, resizable BAR): the upload path then writes straight into
@@ -252,6 +256,8 @@ fn describe(instance: &ash::Instance, index: usize, pd: vk::PhysicalDevice) -> R
             0
         },
         max_compute_work_group_count_x: p.limits.max_compute_work_group_count[0],
+        max_compute_work_group_count: p.limits.max_compute_work_group_count,
+        max_push_constants_size: p.limits.max_push_constants_size,
         memory_types,
         host_visible_device_local,
     })
