@@ -197,6 +197,12 @@ impl Region {
                     .map(f.fd(), start, n, mflags)
                     .map_err(|e| Unavailable::from_map_error(k, f.path(), &e))?;
                 self.module = Some(m);
+                if write {
+                    // Pinning for write faulted the pages writable, which
+                    // moves the file's times on tmpfs: our change, not another
+                    // writer's.
+                    self.file.rebase_identity()?;
+                }
                 Buffer::import_dmabuf(dev, DmaBufSource::Module(b), size)
             }
             PathKind::Host => {

@@ -262,6 +262,25 @@ impl SourceFile {
         }
     }
 
+    /// Takes the file as it is now as the version later checks compare
+    /// with (after our own change: a writable mapping's first write fault
+    /// moves the times of files without `page_mkwrite`, like tmpfs).
+    pub(crate) fn rebase_identity(&mut self) -> Result<()> {
+        let meta = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io(&self.path, "cannot stat", e))?;
+        let now = Identity::of(&meta);
+        if now.size != self.ident.size {
+            return Err(Error::FileChanged {
+                path: self.path.clone(),
+                what: format!("size went from {} to {} bytes", self.ident.size, now.size),
+            });
+        }
+        self.ident = now;
+        Ok(())
+    }
+
     /// Checks that the file still is what it was when opened.
     pub fn check_unchanged(&self) -> Result<()> {
         if let Content::Snapshot { .. } = self.content {

@@ -11,6 +11,7 @@
 
 mod direct_tests;
 mod kmod_tests;
+mod region_tests;
 mod util;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -22,6 +23,10 @@ pub type TestFn = Box<dyn Fn(&Ctx) -> TestResult>;
 
 fn main() {
     let filters: Vec<String> = std::env::args().skip(1).collect();
+    if filters.first().map(String::as_str) == Some("--child-store-read-only") {
+        let path = filters.get(1).expect("a file");
+        std::process::exit(region_tests::child_store_read_only(path.as_ref()));
+    }
     let ctx = match Ctx::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -32,6 +37,7 @@ fn main() {
     };
     let mut tests = kmod_tests::all(&ctx);
     tests.extend(direct_tests::all());
+    tests.extend(region_tests::all());
     let (mut passed, mut failed) = (0, 0);
     let mut failures = Vec::new();
     for (name, f) in tests {
