@@ -20,7 +20,7 @@ use crate::util::*;
 use crate::TestFn;
 
 pub fn all() -> Vec<(String, TestFn)> {
-    let t: [(&str, TestFn); 6] = [
+    let t: [(&str, TestFn); 7] = [
         ("region/read-every-fs", Box::new(read_every_fs)),
         ("region/write-tmpfs", Box::new(write_tmpfs)),
         (
@@ -33,6 +33,7 @@ pub fn all() -> Vec<(String, TestFn)> {
             "region/read-only-store-faults",
             Box::new(read_only_store_faults),
         ),
+        ("sample/safetensors-direct", Box::new(safetensors_direct)),
     ];
     t.into_iter().map(|(n, f)| (n.to_string(), f)).collect()
 }
@@ -281,4 +282,49 @@ pub fn child_store_read_only(path: &Path) -> i32 {
             3
         }
     }
+}
+
+/// samples/safetensors-reduce on a generated model, every tensor read in
+/// place (several pieces each for the large ones) and checked on the CPU.
+fn safetensors_direct(c: &Ctx) -> TestResult {
+    let bin = std::env::current_exe()?.with_file_name("safetensors-reduce");
+    for fs in ["ext4", "xfs", "btrfs", "tmpfs"] {
+        let f = c.fs(fs)?.join("model.safetensors");
+        let o = Command::new(&bin).arg("--generate").arg(&f).output()?;
+        ensure!(o.status.success(), "{fs}: generate: {o:?}");
+        let o = Command::new(&bin)
+            .args(["--path", "direct", "--piece", "1048576", "--json"])
+            .arg(&f)
+            .output()?;
+        ensure!(
+            o.status.success(),
+            "{fs}: exit {:?}: {}{}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+        let t = r["tensors"].as_array().ok_or("no tensors")?;
+        ensure!(t.len() == 8, "{fs}: {} tensors", t.len());
+        for x in t {
+            ensure!(
+                x["exact"] == true && x["path"] == "direct",
+                "{fs}: {}: {x}",
+                x["name"]
+            );
+        }
+        let pieces = t
+            .iter()
+            .find(|x| x["name"] == "layers.0.mlp.up.weight")
+            .map(|x| x["pieces"].clone());
+        ensure!(pieces == Some(3.into()), "{fs}: pieces {pieces:?}");
+        ensure!(
+            r["cpu_copied_bytes"] == 0,
+            "{fs}: {}",
+            r["cpu_copied_bytes"]
+        );
+        let paths = r["paths"].as_object().ok_or("no paths")?;
+        ensure!(paths.keys().eq(["direct"]), "{fs}: paths {paths:?}");
+    }
+    Ok(())
 }

@@ -16,7 +16,7 @@ export PATH=$cache/venv/bin:$PATH # vng runs virtme-run from there
 echo "guest: building dmafile.ko for $GUEST_KVER"
 make -s -C "$here/kmod" KDIR="$GUEST_KDIR" >/dev/null
 echo "guest: building the guest test binary and the dmafile CLI"
-cargo build --release --locked -q -p dmafile-guest-tests -p dmafile-cli
+cargo build --release --locked -q -p dmafile-guest-tests -p dmafile-cli -p safetensors-reduce
 bin=$here/target/release/dmafile-guest-tests
 
 out=$cache/guest-run
