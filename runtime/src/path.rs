@@ -4,7 +4,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::hostmap::ReadLease;
 use crate::kmod::{MapError, MapReason, Module};
+use crate::source::SourceFile;
 
 /// A way to make a file range shader-visible, fastest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -227,6 +229,44 @@ pub(crate) fn open_module() -> Result<Module, Unavailable> {
             "{MODULE_DEVICE} does not answer the query ioctl ({e}): not dmafile.ko?"
         ))),
     }
+}
+
+/// Why `file` cannot be memory-mapped for `kind`, if it cannot (a
+/// pseudo-file's bytes exist only when read).
+pub(crate) fn unmappable(kind: PathKind, file: &SourceFile) -> Option<Unavailable> {
+    file.unmappable_reason()
+        .map(|r| Unavailable::new(kind, ReasonCode::NotMappable, r))
+}
+
+/// Takes the read lease the host path maps a file under, or says why not.
+pub(crate) fn lease_for_host(file: &SourceFile) -> Result<ReadLease, Unavailable> {
+    ReadLease::take(file.fd()).map_err(|e| {
+        let why = match e.raw_os_error() {
+            Some(nix::libc::EAGAIN) => "it is open for writing elsewhere".to_string(),
+            Some(nix::libc::EACCES) => "only its owner (or CAP_LEASE) may lease it".to_string(),
+            Some(nix::libc::EINVAL) => "its filesystem does not support leases".to_string(),
+            _ => e.to_string(),
+        };
+        Unavailable::new(
+            PathKind::Host,
+            ReasonCode::NoLease,
+            format!(
+                "{}: no read lease ({why}); the host path maps a file only while a lease keeps it from being truncated",
+                file.path().display()
+            ),
+        )
+    })
+}
+
+/// Opens the system dma-buf heap for the heap path.
+pub(crate) fn open_system_heap() -> Result<dma_heap::Heap, Unavailable> {
+    dma_heap::Heap::new(dma_heap::HeapKind::System).map_err(|e| {
+        Unavailable::new(
+            PathKind::Heap,
+            ReasonCode::NoDmaHeap,
+            format!("cannot open {SYSTEM_HEAP}: {e}"),
+        )
+    })
 }
 
 /// Machine-level checks of `direct` and `heap` (device-level checks are

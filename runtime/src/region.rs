@@ -34,7 +34,8 @@ use crate::gpu::Gpu;
 use crate::hostmap::{HostMapping, ReadLease};
 use crate::kmod::{dma_buf_sync, flags, sync, Backing, Module, Status};
 use crate::path::{
-    kernel_side, open_module, Fallback, PathChoice, PathKind, ReasonCode, Unavailable, SYSTEM_HEAP,
+    kernel_side, lease_for_host, open_module, open_system_heap, unmappable, Fallback, PathChoice,
+    PathKind, ReasonCode, Unavailable, SYSTEM_HEAP,
 };
 use crate::source::SourceFile;
 use crate::stream::{fill_heap_buffer, read_parallel};
@@ -186,8 +187,9 @@ impl Region {
         let n = self.skew + self.len;
         let size = n.next_multiple_of(4);
         let f = &self.file;
-        if let Some(why) = f.unmappable_reason().filter(|_| k != PathKind::Upload) {
-            return Err(Unavailable::new(k, ReasonCode::NotMappable, why).into());
+        if let Some(u) = unmappable(k, f).filter(|_| matches!(k, PathKind::Direct | PathKind::Host))
+        {
+            return Err(u.into());
         }
         match k {
             PathKind::Direct => {
@@ -214,16 +216,7 @@ impl Region {
                     )
                     .into());
                 }
-                let lease = ReadLease::take(f.fd()).map_err(|e| {
-                    Unavailable::new(
-                        k,
-                        ReasonCode::NoLease,
-                        format!(
-                            "{}: no read lease ({e}); the host path maps a file only while a lease keeps it from being truncated",
-                            f.path().display()
-                        ),
-                    )
-                })?;
+                let lease = lease_for_host(f)?;
                 let align = dev.info().min_imported_host_pointer_alignment;
                 let map = HostMapping::map(f.fd(), start, n, align)
                     .map_err(|e| Error::io(f.path(), "cannot mmap", e))?;
@@ -234,13 +227,7 @@ impl Region {
                 if let Some(u) = kernel_side(k) {
                     return Err(u.into());
                 }
-                let heap = dma_heap::Heap::new(dma_heap::HeapKind::System).map_err(|e| {
-                    Unavailable::new(
-                        k,
-                        ReasonCode::NoDmaHeap,
-                        format!("cannot open {SYSTEM_HEAP}: {e}"),
-                    )
-                })?;
+                let heap = open_system_heap()?;
                 let src = fill_heap_buffer(&heap, f, start, n)?;
                 self.cpu_copied += n;
                 Buffer::import_dmabuf(dev, src, size)
@@ -425,10 +412,9 @@ impl Region {
                 r?;
             }
             _ => {
-                let bytes = buf.host_bytes().ok_or_else(|| Error::DeviceUnsuitable {
-                    device: "upload buffer".into(),
-                    what: "not host-visible".into(),
-                })?;
+                let bytes = buf
+                    .host_bytes()
+                    .expect("upload buffers are host-visible: try_path filled it through the CPU");
                 write(&bytes[skew..skew + len])?;
             }
         }

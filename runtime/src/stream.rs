@@ -23,7 +23,8 @@ use crate::gpu::Gpu;
 use crate::hostmap::{HostMapping, ReadLease};
 use crate::kmod::{dma_buf_sync, sync, DmaBuf, Module};
 use crate::path::{
-    kernel_side, open_module, Fallback, PathChoice, PathKind, ReasonCode, Unavailable, SYSTEM_HEAP,
+    kernel_side, lease_for_host, open_module, open_system_heap, unmappable, Fallback, PathChoice,
+    PathKind, ReasonCode, Unavailable, SYSTEM_HEAP,
 };
 use crate::shader::{Accumulator, ShaderKind, ShaderResult};
 use crate::source::{Content, SourceFile};
@@ -375,53 +376,29 @@ impl Streamer {
         fallbacks: &mut Vec<Fallback>,
     ) -> Result<PathKind> {
         let mut file_reason = |k: PathKind| -> Option<Unavailable> {
-            if k == PathKind::Direct {
-                if let Some(r) = f.unmappable_reason() {
-                    return Some(Unavailable::new(k, ReasonCode::NotMappable, r));
-                }
-                if f.is_empty() {
-                    return None;
-                }
-                // Ask the module about a first chunk: its policy (file
-                // system, permissions, memlock limit) is per file and user.
-                let m = self.module.as_ref().expect("direct is available");
-                match m.map(f.fd(), 0, f.len().min(self.cfg.chunk), 0) {
-                    Ok(b) => *first = Some(b),
-                    Err(e) => return Some(Unavailable::from_map_error(k, f.path(), &e)),
-                }
-            }
-            if k == PathKind::Host {
-                if let Some(r) = f.unmappable_reason() {
-                    return Some(Unavailable::new(k, ReasonCode::NotMappable, r));
+            if k == PathKind::Direct || k == PathKind::Host {
+                if let Some(u) = unmappable(k, f) {
+                    return Some(u);
                 }
                 if f.is_empty() {
                     return None; // nothing will be mapped
                 }
-                match ReadLease::take(f.fd()) {
-                    Ok(l) => *lease = Some(l),
-                    Err(e) => {
-                        let why = match e.raw_os_error() {
-                            Some(nix::libc::EAGAIN) => {
-                                "it is open for writing elsewhere".to_string()
-                            }
-                            Some(nix::libc::EACCES) => {
-                                "only its owner (or CAP_LEASE) may lease it".to_string()
-                            }
-                            Some(nix::libc::EINVAL) => {
-                                "its filesystem does not support leases".to_string()
-                            }
-                            _ => e.to_string(),
-                        };
-                        return Some(Unavailable::new(
-                            k,
-                            ReasonCode::NoLease,
-                            format!(
-                                "{}: no read lease ({why}); the host path maps a file only while a lease keeps it from being truncated",
-                                f.path().display()
-                            ),
-                        ));
+            }
+            match k {
+                // Ask the module about a first chunk: its policy (file
+                // system, permissions, memlock limit) is per file and user.
+                PathKind::Direct => {
+                    let m = self.module.as_ref().expect("direct is available");
+                    match m.map(f.fd(), 0, f.len().min(self.cfg.chunk), 0) {
+                        Ok(b) => *first = Some(b),
+                        Err(e) => return Some(Unavailable::from_map_error(k, f.path(), &e)),
                     }
                 }
+                PathKind::Host => match lease_for_host(f) {
+                    Ok(l) => *lease = Some(l),
+                    Err(u) => return Some(u),
+                },
+                _ => {}
             }
             None
         };
@@ -671,14 +648,7 @@ impl Streamer {
             }
             PathKind::Heap => {
                 if self.heap.is_none() {
-                    let heap = dma_heap::Heap::new(dma_heap::HeapKind::System).map_err(|e| {
-                        Unavailable::new(
-                            path,
-                            ReasonCode::NoDmaHeap,
-                            format!("cannot open {SYSTEM_HEAP}: {e}"),
-                        )
-                    })?;
-                    self.heap = Some(heap);
+                    self.heap = Some(open_system_heap()?);
                 }
                 let heap = self.heap.as_ref().expect("opened above");
                 let src = fill_heap_buffer(heap, f, off, n)?;
