@@ -9,11 +9,11 @@
 //! read-only: on the direct path the pages are the file's own and the
 //! module maps them without write access, so such a store could only fault.
 use std::sync::Arc;
-use std::time::Duration;
 
 use ash::vk;
 
 use crate::error::{Error, Result, VkResultExt};
+use crate::gpu::kernels::{begin_one_time, compute_pipeline, pipeline_layout, storage_set_layout};
 use crate::gpu::memory::{Buffer, Placement};
 use crate::gpu::{DeviceShared, Gpu};
 use crate::region::Region;
@@ -140,7 +140,7 @@ impl Kernel {
         let d = &dev.device;
         let mut k = Kernel {
             dev: dev.clone(),
-            bindings: refl.bindings.clone(),
+            bindings: refl.bindings,
             push_bytes: push_constant_bytes,
             set_layout: vk::DescriptorSetLayout::null(),
             layout: vk::PipelineLayout::null(),
@@ -151,53 +151,16 @@ impl Kernel {
             cmd: vk::CommandBuffer::null(),
             fence: vk::Fence::null(),
         };
-        let lb: Vec<_> = refl
-            .bindings
-            .iter()
-            .map(|b| {
-                vk::DescriptorSetLayoutBinding::default()
-                    .binding(b.binding)
-                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
-                    .descriptor_count(1)
-                    .stage_flags(vk::ShaderStageFlags::COMPUTE)
-            })
-            .collect();
-        let ci = vk::DescriptorSetLayoutCreateInfo::default().bindings(&lb);
+        let numbers: Vec<u32> = k.bindings.iter().map(|b| b.binding).collect();
+        k.set_layout = storage_set_layout(d, &numbers)?;
+        k.layout = pipeline_layout(d, k.set_layout, push_constant_bytes)?;
+        let entry = std::ffi::CString::new(refl.entry)
+            .expect("reflection reads the entry point's name up to its NUL");
+        k.pipeline = compute_pipeline(d, &words, &entry, k.layout)?;
         // SAFETY: valid create infos throughout; Drop destroys what was made
         // (null handles are ignored by vkDestroy*).
         unsafe {
-            k.set_layout = d
-                .create_descriptor_set_layout(&ci, None)
-                .vk("vkCreateDescriptorSetLayout")?;
-            let ranges = [vk::PushConstantRange::default()
-                .stage_flags(vk::ShaderStageFlags::COMPUTE)
-                .offset(0)
-                .size(push_constant_bytes)];
-            let layouts = [k.set_layout];
-            let mut ci = vk::PipelineLayoutCreateInfo::default().set_layouts(&layouts);
-            if push_constant_bytes > 0 {
-                ci = ci.push_constant_ranges(&ranges);
-            }
-            k.layout = d
-                .create_pipeline_layout(&ci, None)
-                .vk("vkCreatePipelineLayout")?;
-            let mci = vk::ShaderModuleCreateInfo::default().code(&words);
-            let module = d
-                .create_shader_module(&mci, None)
-                .vk("vkCreateShaderModule")?;
-            let entry = std::ffi::CString::new(refl.entry.clone())
-                .map_err(|_| bad("entry point name has a NUL".into()))?;
-            let stage = vk::PipelineShaderStageCreateInfo::default()
-                .stage(vk::ShaderStageFlags::COMPUTE)
-                .module(module)
-                .name(&entry);
-            let pci = [vk::ComputePipelineCreateInfo::default()
-                .stage(stage)
-                .layout(k.layout)];
-            let r = d.create_compute_pipelines(vk::PipelineCache::null(), &pci, None);
-            d.destroy_shader_module(module, None);
-            k.pipeline = r.map_err(|(_, e)| e).vk("vkCreateComputePipelines")?[0];
-            let n = refl.bindings.len().max(1) as u32;
+            let n = k.bindings.len().max(1) as u32;
             let sizes = [vk::DescriptorPoolSize::default()
                 .ty(vk::DescriptorType::STORAGE_BUFFER)
                 .descriptor_count(n)];
@@ -245,7 +208,8 @@ impl Kernel {
     /// and waits for it. Regions the shader may write are marked written, so
     /// that [`Region::finish`] carries copy paths' results to the file.
     pub fn run(&mut self, args: &[Arg<'_>], push: &[u8], groups: [u32; 3]) -> Result<()> {
-        self.check(args, push, groups)?;
+        self.check_shape(args, push, groups)?;
+        self.check_access(args)?;
         self.record_and_wait(args, push, groups)
     }
 
@@ -263,13 +227,12 @@ impl Kernel {
         push: &[u8],
         groups: [u32; 3],
     ) -> Result<()> {
+        self.check_shape(args, push, groups)?;
         self.record_and_wait(args, push, groups)
     }
 
+    /// Records, submits and waits for one dispatch; `check_shape` passed.
     fn record_and_wait(&mut self, args: &[Arg<'_>], push: &[u8], groups: [u32; 3]) -> Result<()> {
-        if args.len() != self.bindings.len() || push.len() != self.push_bytes as usize {
-            return self.check(args, push, groups);
-        }
         let d = &self.dev.device;
         let infos: Vec<_> = args
             .iter()
@@ -348,12 +311,7 @@ impl Kernel {
         // arguments outlive the wait at the end of this call.
         unsafe {
             d.update_descriptor_sets(&writes, &[]);
-            d.reset_command_buffer(cmd, vk::CommandBufferResetFlags::empty())
-                .vk("vkResetCommandBuffer")?;
-            let bi = vk::CommandBufferBeginInfo::default()
-                .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
-            d.begin_command_buffer(cmd, &bi)
-                .vk("vkBeginCommandBuffer")?;
+            begin_one_time(d, cmd)?;
             d.cmd_pipeline_barrier(
                 cmd,
                 vk::PipelineStageFlags::HOST | vk::PipelineStageFlags::TOP_OF_PIPE,
@@ -388,30 +346,9 @@ impl Kernel {
             d.end_command_buffer(cmd).vk("vkEndCommandBuffer")?;
             let cmds = [cmd];
             let si = [vk::SubmitInfo::default().command_buffers(&cmds)];
-            {
-                let q = self
-                    .dev
-                    .queue
-                    .lock()
-                    .map_err(|_| Error::NoVulkan("queue lock poisoned".into()))?;
-                d.queue_submit(*q, &si, self.fence).vk("vkQueueSubmit")?;
-            }
-            loop {
-                match d.wait_for_fences(
-                    &[self.fence],
-                    true,
-                    Duration::from_secs(1).as_nanos() as u64,
-                ) {
-                    Ok(()) => break,
-                    Err(vk::Result::TIMEOUT) => continue,
-                    Err(e) => {
-                        return Err(Error::Vulkan {
-                            call: "vkWaitForFences",
-                            result: e,
-                        })
-                    }
-                }
-            }
+            self.dev.submit(&si, self.fence)?;
+            d.wait_for_fences(&[self.fence], true, u64::MAX)
+                .vk("vkWaitForFences")?;
             d.reset_fences(&[self.fence]).vk("vkResetFences")?;
         }
         for (b, a) in self.bindings.iter().zip(args) {
@@ -422,8 +359,10 @@ impl Kernel {
         Ok(())
     }
 
-    /// Everything [`Kernel::run`] refuses, before anything is recorded.
-    fn check(&self, args: &[Arg<'_>], push: &[u8], groups: [u32; 3]) -> Result<()> {
+    /// What any run needs: one argument per binding, the push-constant
+    /// size the kernel was built for, workgroups and regions within the
+    /// device's limits.
+    fn check_shape(&self, args: &[Arg<'_>], push: &[u8], groups: [u32; 3]) -> Result<()> {
         let cfg = |setting, msg| Err(Error::Config { setting, msg });
         if args.len() != self.bindings.len() {
             let list: Vec<String> = self
@@ -477,11 +416,20 @@ impl Kernel {
                     ),
                 );
             }
-            if b.writes && !r.writable() {
-                return Err(Error::ReadOnlyRegion {
-                    path: r.path().to_path_buf(),
-                    binding: b.binding,
-                });
+        }
+        Ok(())
+    }
+
+    /// No binding the shader may write is a region mapped read-only.
+    fn check_access(&self, args: &[Arg<'_>]) -> Result<()> {
+        for (b, a) in self.bindings.iter().zip(args) {
+            if let (true, Arg::Region(r)) = (b.writes, a) {
+                if !r.writable() {
+                    return Err(Error::ReadOnlyRegion {
+                        path: r.path().to_path_buf(),
+                        binding: b.binding,
+                    });
+                }
             }
         }
         Ok(())

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ash::vk;
 use rayon::prelude::*;
@@ -685,14 +685,7 @@ impl Streamer {
         };
         // SAFETY: the slot is idle (complete() waited for its last use), so
         // its command buffer and descriptor set may be reset and rewritten.
-        unsafe {
-            d.reset_command_buffer(cmd, vk::CommandBufferResetFlags::empty())
-                .vk("vkResetCommandBuffer")?;
-            let bi = vk::CommandBufferBeginInfo::default()
-                .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
-            d.begin_command_buffer(cmd, &bi)
-                .vk("vkBeginCommandBuffer")?;
-        }
+        unsafe { crate::gpu::kernels::begin_one_time(d, cmd)? };
         let input = if let Some(b) = &slot.input {
             b.buffer
         } else {
@@ -790,17 +783,11 @@ impl Streamer {
             .command_buffers(&cmds)
             .signal_semaphores(&sems)
             .push_next(&mut tsi)];
-        {
-            let q = dev
-                .queue
-                .lock()
-                .map_err(|_| Error::NoVulkan("queue lock poisoned".into()))?;
-            // SAFETY: recorded command buffer; queue access serialised by the lock.
-            unsafe {
-                d.end_command_buffer(cmd).vk("vkEndCommandBuffer")?;
-                d.queue_submit(*q, &si, vk::Fence::null())
-                    .vk("vkQueueSubmit")?;
-            }
+        // SAFETY: the command buffer is recorded; its buffers stay in the
+        // slot until complete() has waited for this submission.
+        unsafe {
+            d.end_command_buffer(cmd).vk("vkEndCommandBuffer")?;
+            dev.submit(&si, vk::Fence::null())?;
         }
         slot.pending = Some(Pending {
             value,
@@ -830,19 +817,8 @@ impl Streamer {
         let wi = vk::SemaphoreWaitInfo::default()
             .semaphores(&sems)
             .values(&vals);
-        loop {
-            // SAFETY: waiting on our own timeline semaphore.
-            match unsafe { d.wait_semaphores(&wi, Duration::from_secs(1).as_nanos() as u64) } {
-                Ok(()) => break,
-                Err(vk::Result::TIMEOUT) => continue,
-                Err(e) => {
-                    return Err(Error::Vulkan {
-                        call: "vkWaitSemaphores",
-                        result: e,
-                    })
-                }
-            }
-        }
+        // SAFETY: waiting on our own timeline semaphore.
+        unsafe { d.wait_semaphores(&wi, u64::MAX) }.vk("vkWaitSemaphores")?;
         st.phases.wait += t.elapsed().as_secs_f64();
         st.in_flight -= p.len;
         st.done += p.len;

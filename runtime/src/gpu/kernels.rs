@@ -17,6 +17,87 @@ use crate::compute::builtin::{
     CRC32C as SPV_CRC32C, HISTOGRAM as SPV_HISTOGRAM, SUM64 as SPV_SUM64,
 };
 
+/// A descriptor set layout with one compute storage buffer at each binding.
+pub(crate) fn storage_set_layout(
+    d: &ash::Device,
+    bindings: &[u32],
+) -> Result<vk::DescriptorSetLayout> {
+    let lb: Vec<_> = bindings
+        .iter()
+        .map(|&b| {
+            vk::DescriptorSetLayoutBinding::default()
+                .binding(b)
+                .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                .descriptor_count(1)
+                .stage_flags(vk::ShaderStageFlags::COMPUTE)
+        })
+        .collect();
+    let ci = vk::DescriptorSetLayoutCreateInfo::default().bindings(&lb);
+    // SAFETY: valid create info.
+    unsafe { d.create_descriptor_set_layout(&ci, None) }.vk("vkCreateDescriptorSetLayout")
+}
+
+/// A compute pipeline layout of `set_layout` and `push_bytes` (0: none) of
+/// push constants.
+pub(crate) fn pipeline_layout(
+    d: &ash::Device,
+    set_layout: vk::DescriptorSetLayout,
+    push_bytes: u32,
+) -> Result<vk::PipelineLayout> {
+    let ranges = [vk::PushConstantRange::default()
+        .stage_flags(vk::ShaderStageFlags::COMPUTE)
+        .offset(0)
+        .size(push_bytes)];
+    let layouts = [set_layout];
+    let mut ci = vk::PipelineLayoutCreateInfo::default().set_layouts(&layouts);
+    if push_bytes > 0 {
+        ci = ci.push_constant_ranges(&ranges);
+    }
+    // SAFETY: valid create info.
+    unsafe { d.create_pipeline_layout(&ci, None) }.vk("vkCreatePipelineLayout")
+}
+
+/// A compute pipeline running `entry` of the SPIR-V `words` in `layout`.
+pub(crate) fn compute_pipeline(
+    d: &ash::Device,
+    words: &[u32],
+    entry: &std::ffi::CStr,
+    layout: vk::PipelineLayout,
+) -> Result<vk::Pipeline> {
+    let ci = vk::ShaderModuleCreateInfo::default().code(words);
+    // SAFETY: SPIR-V validated by spirv-val at build time (ours) or checked
+    // by reflection (callers'); the driver validates the rest.
+    let module = unsafe { d.create_shader_module(&ci, None) }.vk("vkCreateShaderModule")?;
+    let stage = vk::PipelineShaderStageCreateInfo::default()
+        .stage(vk::ShaderStageFlags::COMPUTE)
+        .module(module)
+        .name(entry);
+    let pci = [vk::ComputePipelineCreateInfo::default()
+        .stage(stage)
+        .layout(layout)];
+    // SAFETY: valid create info; the module may be destroyed once the
+    // pipeline exists.
+    let r = unsafe { d.create_compute_pipelines(vk::PipelineCache::null(), &pci, None) };
+    // SAFETY: no longer needed after pipeline creation.
+    unsafe { d.destroy_shader_module(module, None) };
+    Ok(r.map_err(|(_, e)| e).vk("vkCreateComputePipelines")?[0])
+}
+
+/// Resets `cmd` and begins recording it for one submission.
+///
+/// # Safety
+/// `cmd` must be idle: no submission of it may still be pending.
+pub(crate) unsafe fn begin_one_time(d: &ash::Device, cmd: vk::CommandBuffer) -> Result<()> {
+    let bi =
+        vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
+    // SAFETY: the caller guarantees cmd is idle.
+    unsafe {
+        d.reset_command_buffer(cmd, vk::CommandBufferResetFlags::empty())
+            .vk("vkResetCommandBuffer")?;
+        d.begin_command_buffer(cmd, &bi).vk("vkBeginCommandBuffer")
+    }
+}
+
 pub(crate) struct Kernels {
     dev: Arc<DeviceShared>,
     pub set_layout: vk::DescriptorSetLayout,
@@ -30,19 +111,7 @@ impl Kernels {
     /// alone (none for [`ShaderKind::None`]).
     pub fn new(dev: &Arc<DeviceShared>, shader: ShaderKind) -> Result<Kernels> {
         let d = &dev.device;
-        let bindings: Vec<_> = (0..3)
-            .map(|b| {
-                vk::DescriptorSetLayoutBinding::default()
-                    .binding(b)
-                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
-                    .descriptor_count(1)
-                    .stage_flags(vk::ShaderStageFlags::COMPUTE)
-            })
-            .collect();
-        let ci = vk::DescriptorSetLayoutCreateInfo::default().bindings(&bindings);
-        // SAFETY: valid create info.
-        let set_layout = unsafe { d.create_descriptor_set_layout(&ci, None) }
-            .vk("vkCreateDescriptorSetLayout")?;
+        let set_layout = storage_set_layout(d, &[0, 1, 2])?;
         let mut k = Kernels {
             dev: dev.clone(),
             set_layout,
@@ -50,16 +119,7 @@ impl Kernels {
             pipeline: None,
             tables: Buffer::allocate(dev, 4096, Placement::Upload)?,
         };
-        let ranges = [vk::PushConstantRange::default()
-            .stage_flags(vk::ShaderStageFlags::COMPUTE)
-            .offset(0)
-            .size(4)];
-        let layouts = [set_layout];
-        let ci = vk::PipelineLayoutCreateInfo::default()
-            .set_layouts(&layouts)
-            .push_constant_ranges(&ranges);
-        // SAFETY: valid create info.
-        k.layout = unsafe { d.create_pipeline_layout(&ci, None) }.vk("vkCreatePipelineLayout")?;
+        k.layout = pipeline_layout(d, set_layout, 4)?;
         let spv = match shader {
             ShaderKind::Crc32c => Some(SPV_CRC32C),
             ShaderKind::Sum64 => Some(SPV_SUM64),
@@ -84,30 +144,9 @@ impl Kernels {
     }
 
     fn make_pipeline(&self, spv: &[u8]) -> Result<vk::Pipeline> {
-        let d = &self.dev.device;
-        let code = ash::util::read_spv(&mut std::io::Cursor::new(spv))
+        let code = crate::spirv::words(spv)
             .map_err(|e| Error::NoVulkan(format!("embedded SPIR-V is corrupt: {e}")))?;
-        let ci = vk::ShaderModuleCreateInfo::default().code(&code);
-        // SAFETY: validated SPIR-V (build.rs runs spirv-val).
-        let module = unsafe { d.create_shader_module(&ci, None) }.vk("vkCreateShaderModule")?;
-        let stage = vk::PipelineShaderStageCreateInfo::default()
-            .stage(vk::ShaderStageFlags::COMPUTE)
-            .module(module)
-            .name(c"main");
-        let pci = [vk::ComputePipelineCreateInfo::default()
-            .stage(stage)
-            .layout(self.layout)];
-        // SAFETY: valid create info; the module may be destroyed once the pipeline exists.
-        let r = unsafe { d.create_compute_pipelines(vk::PipelineCache::null(), &pci, None) };
-        // SAFETY: no longer needed after pipeline creation.
-        unsafe { d.destroy_shader_module(module, None) };
-        match r {
-            Ok(p) => Ok(p[0]),
-            Err((_, e)) => Err(Error::Vulkan {
-                call: "vkCreateComputePipelines",
-                result: e,
-            }),
-        }
+        compute_pipeline(&self.dev.device, &code, c"main", self.layout)
     }
 
     pub fn pipeline(&self) -> Option<vk::Pipeline> {

@@ -121,6 +121,20 @@ impl DeviceShared {
     pub fn info(&self) -> &DeviceInfo {
         &self.devices[self.chosen]
     }
+
+    /// Submits to the one queue, serialised by its lock.
+    ///
+    /// # Safety
+    /// The command buffers must be recorded, and everything they use must
+    /// live until the submission completes.
+    pub unsafe fn submit(&self, si: &[vk::SubmitInfo<'_>], fence: vk::Fence) -> Result<()> {
+        let q = self
+            .queue
+            .lock()
+            .map_err(|_| Error::NoVulkan("queue lock poisoned".into()))?;
+        // SAFETY: per the caller; queue access is serialised by the lock.
+        unsafe { self.device.queue_submit(*q, si, fence) }.vk("vkQueueSubmit")
+    }
 }
 
 /// What `open_device` made, handed to `DeviceShared` by `Gpu::open`.
