@@ -77,6 +77,16 @@ fn generated_model_matches_the_cpu_on_every_path() {
     }
 }
 
+/// A safetensors file of `header` and `data` zero bytes.
+fn file_of(header: &[u8], data: usize) -> Vec<u8> {
+    [
+        (header.len() as u64).to_le_bytes().to_vec(),
+        header.to_vec(),
+        vec![0; data],
+    ]
+    .concat()
+}
+
 #[test]
 fn bad_files_are_refused_with_the_reason() {
     let dir = TempDir::new("safetensors-bad");
@@ -91,35 +101,21 @@ fn bad_files_are_refused_with_the_reason() {
             [u64::MAX.to_le_bytes().to_vec(), vec![0; 8]].concat(),
             "does not fit the file",
         ),
-        (
-            "not-json",
-            [5u64.to_le_bytes().to_vec(), b"hello".to_vec()].concat(),
-            "not a JSON object",
-        ),
+        ("not-json", file_of(b"hello", 0), "not a JSON object"),
         (
             "outside",
-            {
-                let h = br#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
-                [
-                    (h.len() as u64).to_le_bytes().to_vec(),
-                    h.to_vec(),
-                    vec![0; 8],
-                ]
-                .concat()
-            },
+            file_of(
+                br#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
+                8,
+            ),
             "outside the file",
         ),
         (
             "wrong-size",
-            {
-                let h = br#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}}"#;
-                [
-                    (h.len() as u64).to_le_bytes().to_vec(),
-                    h.to_vec(),
-                    vec![0; 16],
-                ]
-                .concat()
-            },
+            file_of(
+                br#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}}"#,
+                16,
+            ),
             "16 bytes for shape [3] of F32 (12 expected)",
         ),
     ];
