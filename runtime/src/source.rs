@@ -95,16 +95,7 @@ impl SourceFile {
     /// Opens `path` for reading and writing (a region the device writes).
     /// Pseudo-files are refused: their bytes are not a file's pages.
     pub fn open_writable(path: impl AsRef<Path>) -> Result<Self> {
-        let f = Self::open_mode(path.as_ref(), true)?;
-        if let Content::Snapshot { fs, .. } = f.content {
-            return Err(Error::BadInput {
-                path: f.path,
-                reason: format!(
-                    "is a pseudo-file on {fs}; the device can only write regular files"
-                ),
-            });
-        }
-        Ok(f)
+        Self::open_mode(path.as_ref(), true)
     }
 
     fn open_mode(path: &Path, write: bool) -> Result<Self> {
@@ -154,6 +145,15 @@ impl SourceFile {
         .map_err(|e| Error::io(&path, "fcntl", e.into()))?;
         let ident = Identity::of(&meta);
         let content = match pseudo_fs_name(&file) {
+            // Refused before anything is read from it.
+            Some(fs) if write => {
+                return Err(Error::BadInput {
+                    path,
+                    reason: format!(
+                        "is a pseudo-file on {fs}; the device can only write regular files"
+                    ),
+                })
+            }
             Some(fs) => Content::Snapshot {
                 data: Self::snapshot(&path, &file)?,
                 fs,
