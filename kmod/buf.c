@@ -11,6 +11,7 @@
 #include <linux/dma-mapping.h>
 #include <linux/fs.h>
 #include <linux/highmem.h>
+#include <linux/libnvdimm.h>
 #include <linux/mm.h>
 #include <linux/pagemap.h>
 #include <linux/scatterlist.h>
@@ -223,17 +224,52 @@ static void dmafile_vunmap(struct dma_buf *dmabuf, struct iosys_map *map)
 	vunmap(map->vaddr);
 }
 
+/*
+ * A device's writes to storage-direct pages may sit in CPU caches (CPU
+ * importers, or DMA that lands in the last-level cache): write them back
+ * to the media, so that they are as durable as the filesystem's next
+ * fsync makes the file's metadata.
+ */
+static void dmafile_flush_storage(struct dmafile_buf *buf)
+{
+#ifdef CONFIG_ARCH_HAS_PMEM_API
+	unsigned long i;
+
+	for (i = 0; i < buf->npages; i++) {
+		void *addr = kmap_local_page(buf->pages[i]);
+
+		arch_wb_cache_pmem(addr, PAGE_SIZE);
+		kunmap_local(addr);
+		if (!(i % 512))
+			cond_resched();
+	}
+#endif
+}
+
+/* Frees what is left of a buffer once nothing is pinned or held. */
+void dmafile_buf_destroy(struct dmafile_buf *buf)
+{
+	fput(buf->file);
+	kvfree(buf->pages);
+	mutex_destroy(&buf->lock);
+	kfree(buf);
+}
+
 void dmafile_buf_free(struct dmafile_buf *buf)
 {
+	if (dmafile_buf_writable(buf) &&
+	    buf->backing == DMAFILE_BACKING_STORAGE_DIRECT)
+		dmafile_flush_storage(buf);
+	/* Unpinning first lets a truncate waiting for the pages go on. */
 	if (dmafile_buf_writable(buf))
 		unpin_user_pages_dirty_lock(buf->pages, buf->npages, true);
 	else
 		unpin_user_pages(buf->pages, buf->npages);
 	dmafile_uncharge(&buf->charge);
-	fput(buf->file);
-	kvfree(buf->pages);
-	mutex_destroy(&buf->lock);
-	kfree(buf);
+	if (buf->hold_mm)
+		dmafile_dax_release(buf);
+	else
+		dmafile_buf_destroy(buf);
 }
 
 static void dmafile_release(struct dma_buf *dmabuf)

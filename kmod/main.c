@@ -105,6 +105,8 @@ static long dmafile_ioctl_query(void __user *uarg, size_t usize)
 		return -EINVAL;
 	q.abi_version = DMAFILE_ABI_VERSION;
 	q.caps = DMAFILE_CAP_PAGE_CACHE | DMAFILE_CAP_WRITE | DMAFILE_CAP_STATUS;
+	if (IS_ENABLED(CONFIG_FS_DAX))
+		q.caps |= DMAFILE_CAP_STORAGE_DIRECT;
 	q.map_flags = DMAFILE_MAP_VALID_FLAGS;
 	q.page_size = PAGE_SIZE;
 	q.max_map_bytes = min_t(u64, READ_ONCE(dmafile_max_map_bytes),
@@ -223,12 +225,21 @@ static struct miscdevice dmafile_misc = {
 
 static int __init dmafile_init(void)
 {
-	return misc_register(&dmafile_misc);
+	int ret;
+
+	ret = dmafile_dax_init();
+	if (ret)
+		return ret;
+	ret = misc_register(&dmafile_misc);
+	if (ret)
+		dmafile_dax_exit();
+	return ret;
 }
 
 static void __exit dmafile_exit(void)
 {
 	misc_deregister(&dmafile_misc);
+	dmafile_dax_exit();
 }
 
 module_init(dmafile_init);

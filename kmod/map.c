@@ -9,6 +9,12 @@
  * its own rules for long-term pins (no writable pins of page cache that
  * needs writeback, no fsdax, migration out of movable zones), and the
  * filesystem and the LSMs see an ordinary mmap of the file.
+ *
+ * Files on DAX mounts are the exception (storage-direct backing): their
+ * pages are the storage's own memory, which the mm refuses to pin
+ * FOLL_LONGTERM. dax.c pins them without it, keeps the mapping it pinned
+ * through so that truncate and hole punch wait for the pins, and never
+ * faults while holding pins (docs/kmod.md, "Storage-direct").
  */
 #include <linux/fcntl.h>
 #include <linux/file.h>
@@ -21,9 +27,6 @@
 #include <linux/slab.h>
 
 #include "internal.h"
-
-/* Pages pinned per pin_user_pages_fast() call, between signal checks. */
-#define DMAFILE_PIN_BATCH 512
 
 /* The errno of each refusal, as documented in the uapi header. */
 static const int dmafile_reason_errno[] = {
@@ -48,6 +51,7 @@ static const int dmafile_reason_errno[] = {
 	[DMAFILE_REASON_IO_ERROR] = EIO,
 	[DMAFILE_REASON_NO_MEMORY] = ENOMEM,
 	[DMAFILE_REASON_INTERRUPTED] = EINTR,
+	[DMAFILE_REASON_DAX_UNBACKED] = ENODATA,
 	/* MAP_FAILED carries the errno the filesystem or LSM gave instead. */
 };
 
@@ -78,6 +82,15 @@ static u32 dmafile_pin_reason(struct dmafile_buf *buf, int err,
 	case -EOPNOTSUPP:
 		return DMAFILE_REASON_FS_NOT_SUPPORTED;
 	}
+	/*
+	 * DAX (dmafile_dax_pin()): -EAGAIN, the layout kept changing between
+	 * fault-in and pin; -EFAULT, a fault inside the file failed on a
+	 * media error or for want of space for a hole's blocks.
+	 */
+	if (buf->backing == DMAFILE_BACKING_STORAGE_DIRECT)
+		return err == -EAGAIN ||
+		       buf->index + buf->npages > dmafile_eof_index(buf) ?
+			DMAFILE_REASON_FILE_CHANGED : DMAFILE_REASON_IO_ERROR;
 	if (index >= dmafile_eof_index(buf))
 		return DMAFILE_REASON_FILE_CHANGED;
 	/* shmem has no read_folio, and no read errors to find. */
@@ -92,6 +105,44 @@ static u32 dmafile_pin_reason(struct dmafile_buf *buf, int err,
 }
 
 /*
+ * A DAX read fault on a hole or an unwritten extent maps the zero page
+ * (or the huge zero folio), which is ordinary memory, not the storage's
+ * ZONE_DEVICE pages; a block shared by reflink is marked
+ * PAGE_MAPPING_DAX_SHARED. None is storage the file owns.
+ */
+static bool dmafile_dax_unbacked(struct page *page)
+{
+	return !is_zone_device_page(page) ||
+	       READ_ONCE(page_folio(page)->mapping) == PAGE_MAPPING_DAX_SHARED;
+}
+
+/*
+ * Pins the buffer's pages mapped at @addr into buf->pages from index
+ * *done on, in batches between signal checks. Returns 0 when all are
+ * pinned, or an errno with *done pages pinned.
+ */
+int dmafile_pin_pages(struct dmafile_buf *buf, unsigned long addr,
+		      unsigned int gup, unsigned long *done)
+{
+	int ret;
+
+	while (*done < buf->npages) {
+		unsigned long n = min_t(unsigned long, buf->npages - *done,
+					DMAFILE_PIN_BATCH);
+
+		if (fatal_signal_pending(current))
+			return -EINTR;
+		ret = pin_user_pages_fast(addr + (*done << PAGE_SHIFT), n, gup,
+					  buf->pages + *done);
+		if (ret <= 0)
+			return ret ? ret : -EFAULT;
+		*done += ret;
+		cond_resched();
+	}
+	return 0;
+}
+
+/*
  * Pins the buffer's range of its file into buf->pages, all or nothing.
  * On success buf->pages holds one pin per page. Returns a refusal reason;
  * for DMAFILE_REASON_MAP_FAILED, *mmap_err is the errno vm_mmap gave.
@@ -99,39 +150,34 @@ static u32 dmafile_pin_reason(struct dmafile_buf *buf, int err,
 static u32 dmafile_pin(struct dmafile_buf *buf, loff_t offset, int *mmap_err)
 {
 	bool write = dmafile_buf_writable(buf);
+	bool dax = buf->backing == DMAFILE_BACKING_STORAGE_DIRECT;
 	unsigned long len = buf->npages << PAGE_SHIFT;
-	unsigned int gup = FOLL_LONGTERM | (write ? FOLL_WRITE : 0);
 	unsigned long addr, done = 0, i;
 	u32 reason = DMAFILE_REASON_NONE;
 	pgoff_t eof_index;
-	int ret = 0;
+	int ret;
 
-	addr = vm_mmap(buf->file, 0, len, PROT_READ | (write ? PROT_WRITE : 0),
-		       MAP_SHARED, offset);
-	if (IS_ERR_VALUE(addr)) {
-		*mmap_err = (long)addr;
-		return DMAFILE_REASON_MAP_FAILED;
-	}
-	while (done < buf->npages) {
-		unsigned long n = min_t(unsigned long, buf->npages - done,
-					DMAFILE_PIN_BATCH);
-
-		if (fatal_signal_pending(current)) {
-			ret = -EINTR;
-			break;
+	if (dax) {
+		/* Storage-direct keeps its mapping: see dax.c. */
+		ret = dmafile_dax_pin(buf, offset, &done);
+		if (ret == -EINTR && !buf->hold_mm)
+			return DMAFILE_REASON_INTERRUPTED;
+		if (ret && !buf->hold_mm) {
+			*mmap_err = ret;
+			return DMAFILE_REASON_MAP_FAILED;
 		}
-		ret = pin_user_pages_fast(addr + (done << PAGE_SHIFT), n, gup,
-					  buf->pages + done);
-		if (ret <= 0) {
-			if (!ret)
-				ret = -EFAULT;
-			break;
+	} else {
+		addr = vm_mmap(buf->file, 0, len,
+			       PROT_READ | (write ? PROT_WRITE : 0),
+			       MAP_SHARED, offset);
+		if (IS_ERR_VALUE(addr)) {
+			*mmap_err = (long)addr;
+			return DMAFILE_REASON_MAP_FAILED;
 		}
-		done += ret;
-		ret = 0;
-		cond_resched();
+		ret = dmafile_pin_pages(buf, addr, FOLL_LONGTERM |
+					(write ? FOLL_WRITE : 0), &done);
+		vm_munmap(addr, len);
 	}
-	vm_munmap(addr, len);
 
 	if (ret) {
 		reason = dmafile_pin_reason(buf, ret, done);
@@ -143,14 +189,21 @@ static u32 dmafile_pin(struct dmafile_buf *buf, loff_t offset, int *mmap_err)
 		 */
 		eof_index = dmafile_eof_index(buf);
 		for (i = 0; i < done; i++) {
+			if (dax && dmafile_dax_unbacked(buf->pages[i])) {
+				reason = DMAFILE_REASON_DAX_UNBACKED;
+				break;
+			}
 			if (!dmafile_page_current(buf, i, eof_index)) {
 				reason = DMAFILE_REASON_FILE_CHANGED;
 				break;
 			}
 		}
 	}
-	if (reason)
+	if (reason) {
 		unpin_user_pages(buf->pages, done);
+		if (dax)
+			dmafile_dax_pin_failed(buf);
+	}
 	return reason;
 }
 
@@ -172,10 +225,14 @@ static u32 dmafile_check_file(struct file *file, u32 flags, u64 offset,
 		if (IS_IMMUTABLE(inode) || IS_APPEND(inode) ||
 		    IS_SWAPFILE(inode))
 			return DMAFILE_REASON_IMMUTABLE;
-		/* Mirrors the mm: only shmem page cache may be pinned writable. */
-		if (!shmem_mapping(file->f_mapping))
+		/*
+		 * Mirrors the mm: only shmem page cache may be pinned
+		 * writable. DAX has no page cache to write back.
+		 */
+		if (!shmem_mapping(file->f_mapping) && !IS_DAX(inode))
 			return DMAFILE_REASON_WRITE_PIN_NOT_ALLOWED;
-		if (READ_ONCE(SHMEM_I(inode)->seals) &
+		if (shmem_mapping(file->f_mapping) &&
+		    READ_ONCE(SHMEM_I(inode)->seals) &
 		    (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE))
 			return DMAFILE_REASON_SEALED;
 	}
@@ -243,7 +300,8 @@ int dmafile_map_file(struct dmafile_map *m, struct dma_buf **dmabuf)
 	buf->file = file;
 	buf->index = m->offset >> PAGE_SHIFT;
 	buf->flags = m->flags;
-	buf->backing = DMAFILE_BACKING_PAGE_CACHE;
+	buf->backing = IS_DAX(file_inode(file)) ?
+		DMAFILE_BACKING_STORAGE_DIRECT : DMAFILE_BACKING_PAGE_CACHE;
 	mutex_init(&buf->lock);
 	INIT_LIST_HEAD(&buf->attachments);
 
@@ -281,6 +339,7 @@ int dmafile_map_file(struct dmafile_map *m, struct dma_buf **dmabuf)
 err_unpin:
 	/* Nothing has written through the pages yet: no need to dirty them. */
 	unpin_user_pages(buf->pages, buf->npages);
+	dmafile_dax_pin_failed(buf);
 err_uncharge:
 	dmafile_uncharge(&buf->charge);
 err_free_pages:

@@ -180,6 +180,7 @@ reasons! {
     NoMemory = 20, "no-memory", "the kernel ran out of memory";
     Interrupted = 21, "interrupted", "interrupted by a signal";
     MapFailed = 22, "map-failed", "the filesystem or a security module refused to map the file";
+    DaxUnbacked = 23, "dax-unbacked", "on a DAX mount the range has holes, unwritten extents or reflinked blocks, which have no storage of the file's own to map: write the range first, or map it for writing";
 }
 
 impl fmt::Display for MapReason {
@@ -189,7 +190,7 @@ impl fmt::Display for MapReason {
 }
 
 /// What backs a dma-buf's pages (`enum dmafile_backing`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Backing {
     None,
     PageCache,

@@ -24,7 +24,8 @@
  * DMAFILE_MAP_WRITE: importers may write; the pages are marked dirty when
  *	the dma-buf is released, so the writes reach the file. Needs a
  *	writable fd and a file that may be written, on a filesystem whose
- *	page cache may be pinned writable (shmem/tmpfs).
+ *	page cache may be pinned writable (shmem/tmpfs), or a file on a DAX
+ *	mount (storage-direct: holes in the range are allocated).
  * DMAFILE_MAP_ATOMIC: importers need atomic operations on the memory.
  * DMAFILE_MAP_CLOEXEC: the returned dma-buf fd has FD_CLOEXEC set.
  */
@@ -40,7 +41,11 @@
  * @DMAFILE_BACKING_NONE: no mapping (a refused request).
  * @DMAFILE_BACKING_PAGE_CACHE: the file's own page-cache pages, pinned.
  * @DMAFILE_BACKING_STORAGE_DIRECT: the storage's own memory that holds the
- *	file's blocks (DAX); the page cache is not used.
+ *	file's blocks (DAX); the page cache is not used. While the dma-buf
+ *	lives, the caller's address space keeps a sealed mapping of the
+ *	range (it cannot be unmapped, and is not inherited by fork), and
+ *	truncate, hole punch and other layout changes of the file wait,
+ *	interruptibly, until the dma-buf is released.
  */
 enum dmafile_backing {
 	DMAFILE_BACKING_NONE = 0,
@@ -95,6 +100,11 @@ enum dmafile_backing {
  * @DMAFILE_REASON_INTERRUPTED: a fatal signal arrived while pinning (EINTR).
  * @DMAFILE_REASON_MAP_FAILED: the filesystem or a security module refused to
  *	map the file (the errno it gave).
+ * @DMAFILE_REASON_DAX_UNBACKED: a read-only mapping of a file on a DAX
+ *	mount whose range has holes, unwritten extents or blocks shared with
+ *	another file (reflinks): they have no storage of the file's own to
+ *	map. Write the range first, or map it with DMAFILE_MAP_WRITE, which
+ *	allocates (ENODATA).
  */
 enum dmafile_reason {
 	DMAFILE_REASON_NONE = 0,
@@ -120,6 +130,7 @@ enum dmafile_reason {
 	DMAFILE_REASON_NO_MEMORY = 20,
 	DMAFILE_REASON_INTERRUPTED = 21,
 	DMAFILE_REASON_MAP_FAILED = 22,
+	DMAFILE_REASON_DAX_UNBACKED = 23,
 };
 
 /* Capability bits of &dmafile_query.caps. */
