@@ -24,6 +24,7 @@ pub fn stream_json(r: &StreamReport) -> Value {
         "seconds": r.seconds,
         "gbps": gbps(r.bytes, r.seconds),
         "paths": r.paths,
+        "backing": r.backing,
         "cpu_copied_bytes": r.cpu_copied_bytes,
         "gpu_copied_bytes": r.gpu_copied_bytes,
         "peak_in_flight_bytes": r.peak_in_flight_bytes,
@@ -36,6 +37,7 @@ pub fn stream_json(r: &StreamReport) -> Value {
             "path": f.path.display().to_string(),
             "bytes": f.bytes,
             "paths": f.paths,
+            "backing": f.backing,
             "result": f.result,
             "cpu_result": f.cpu_result,
             "snapshot_of": f.snapshot_of,
@@ -64,6 +66,14 @@ pub fn stream_human(r: &StreamReport) -> String {
             paths.join(", ")
         }
     );
+    if !r.backing.is_empty() {
+        let b: Vec<String> = r
+            .backing
+            .iter()
+            .map(|(k, v)| format!("{} {v}", k.name()))
+            .collect();
+        let _ = writeln!(s, "  backing:      {} (direct)", b.join(", "));
+    }
     let _ = writeln!(s, "  cpu copied:   {} bytes", r.cpu_copied_bytes);
     let _ = writeln!(s, "  gpu copied:   {} bytes", r.gpu_copied_bytes);
     let _ = writeln!(

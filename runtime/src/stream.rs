@@ -21,7 +21,7 @@ use crate::gpu::kernels::Kernels;
 use crate::gpu::memory::{Buffer, DmaBufSource, Placement};
 use crate::gpu::Gpu;
 use crate::hostmap::{HostMapping, ReadLease};
-use crate::kmod::{dma_buf_sync, sync, DmaBuf, Module};
+use crate::kmod::{dma_buf_sync, sync, Backing, DmaBuf, Module};
 use crate::path::{
     kernel_side, lease_for_host, open_module, open_system_heap, unmappable, Fallback, PathChoice,
     PathKind, ReasonCode, Unavailable, SYSTEM_HEAP,
@@ -99,6 +99,9 @@ pub struct FileReport {
     pub path: PathBuf,
     pub bytes: u64,
     pub paths: BTreeMap<PathKind, u64>,
+    /// Bytes of the direct path by what backed them: the page cache, or
+    /// the storage itself (DAX).
+    pub backing: BTreeMap<Backing, u64>,
     pub result: Option<ShaderResult>,
     pub cpu_result: Option<ShaderResult>,
     /// Set for pseudo-files read into memory: the filesystem's name.
@@ -116,6 +119,8 @@ pub struct StreamReport {
     pub seconds: f64,
     /// Bytes made shader-visible per path.
     pub paths: BTreeMap<PathKind, u64>,
+    /// Bytes of the direct path by backing (`page-cache`, `storage-direct`).
+    pub backing: BTreeMap<Backing, u64>,
     /// Bytes the CPU copied on their way to the device (pread into device
     /// memory, copies of snapshots). Zero for the zero-copy paths.
     pub cpu_copied_bytes: u64,
@@ -454,6 +459,7 @@ impl Streamer {
         let mut st = RunState {
             accs: files.iter().map(|_| Accumulator::new(shader)).collect(),
             file_paths: files.iter().map(|_| BTreeMap::new()).collect(),
+            file_backing: files.iter().map(|_| BTreeMap::new()).collect(),
             phases: Phases {
                 setup: std::mem::take(&mut self.setup_s),
                 ..Phases::default()
@@ -504,6 +510,9 @@ impl Streamer {
                 }
                 st.phases.fill += t.elapsed().as_secs_f64();
                 *st.file_paths[fi].entry(path).or_insert(0) += n;
+                if let Some(b) = self.slots[s].input.as_ref().and_then(|i| i.module_dmabuf()) {
+                    *st.file_backing[fi].entry(b.backing()).or_insert(0) += n;
+                }
                 let t = Instant::now();
                 self.submit(s, fi, n, &mut st)?;
                 st.phases.submit += t.elapsed().as_secs_f64();
@@ -538,6 +547,12 @@ impl Streamer {
                 *paths.entry(*k).or_insert(0) += v;
             }
         }
+        let mut backing = BTreeMap::new();
+        for fb in &st.file_backing {
+            for (k, v) in fb {
+                *backing.entry(*k).or_insert(0) += v;
+            }
+        }
         let mut report = StreamReport {
             device: info.name.clone(),
             shader,
@@ -546,6 +561,7 @@ impl Streamer {
             bytes: total,
             seconds: 0.0,
             paths,
+            backing,
             cpu_copied_bytes: st.cpu_copied,
             gpu_copied_bytes: st.gpu_copied,
             peak_in_flight_bytes: st.peak_in_flight,
@@ -557,11 +573,12 @@ impl Streamer {
             files: files
                 .iter()
                 .zip(&st.accs)
-                .zip(st.file_paths)
-                .map(|((f, a), p)| FileReport {
+                .zip(st.file_paths.into_iter().zip(st.file_backing))
+                .map(|((f, a), (p, b))| FileReport {
                     path: f.path().to_path_buf(),
                     bytes: f.len(),
                     paths: p,
+                    backing: b,
                     result: a.result(),
                     cpu_result: None,
                     snapshot_of: match f.content() {
@@ -914,6 +931,7 @@ fn check_lease(f: &SourceFile, l: &Option<ReadLease>) -> Result<()> {
 struct RunState {
     accs: Vec<Accumulator>,
     file_paths: Vec<BTreeMap<PathKind, u64>>,
+    file_backing: Vec<BTreeMap<Backing, u64>>,
     phases: Phases,
     fallbacks: Vec<Fallback>,
     /// The direct path's first chunk of the current file, mapped by
