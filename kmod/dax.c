@@ -189,11 +189,26 @@ int dmafile_dax_pin(struct dmafile_buf *buf, loff_t offset,
 		return ret;
 	addr = buf->hold_addr;
 	for (tries = 1;; tries++) {
+		struct inode *inode = file_inode(buf->file);
+		struct timespec64 ctime = inode_get_ctime(inode);
+		loff_t size = i_size_read(inode);
+
 		*done = 0;
 		ret = dmafile_dax_fault_in(addr, buf->npages, write);
-		if (ret)
-			break;
-		ret = dmafile_pin_pages(buf, addr, gup, done);
+		/*
+		 * A fault fails past EOF, so a truncate (and re-extension) in
+		 * between is a change to retry; with the file unchanged it is
+		 * the storage's error.
+		 */
+		if (ret == -EFAULT) {
+			struct timespec64 now = inode_get_ctime(inode);
+
+			if (timespec64_equal(&ctime, &now) &&
+			    size == i_size_read(inode))
+				break;
+		}
+		if (!ret)
+			ret = dmafile_pin_pages(buf, addr, gup, done);
 		/* -EFAULT: a layout change zapped a page after the fault-in. */
 		if (ret != -EFAULT)
 			break;
