@@ -10,7 +10,7 @@ filters=("$@")
 log() { echo "guest: $*"; }
 fail() { log "setup failed: $*"; echo 1 >"$out/rc"; exit 1; }
 
-for m in loop vgem ext4 xfs btrfs; do
+for m in loop vgem ext4 xfs btrfs nd_e820 nd_pmem; do
     modprobe "$m" || fail "modprobe $m"
 done
 insmod "$ko" || fail "insmod $ko"
@@ -36,11 +36,27 @@ for spec in "tmpfs tmpfs size=256M" "tmpfs-huge tmpfs size=256M,huge=always" "ra
     mount -t "$2" -o "$3" "$1" "$base/$1" || fail "mount $1"
     mounts+="$1=$base/$1,"
 done
+# DAX: the legacy pmem regions (run.sh's memmap=) as fsdax block devices.
+pmem=""
+dax_mount() { # name dev mkfs...
+    local name=$1 dev=$2
+    shift 2
+    for _ in $(seq 50); do [ -b "$dev" ] && break; sleep 0.1; done
+    [ -b "$dev" ] || fail "$dev did not appear (memmap= pmem, nd_e820, nd_pmem)"
+    "$@" "$dev" >/dev/null 2>&1 || fail "$* $dev"
+    mkdir -p "$base/$name"
+    mount -o dax "$dev" "$base/$name" || fail "mount -o dax $dev"
+    grep -qE "^$dev $base/$name .*dax" /proc/mounts || fail "$dev is not mounted with dax: $(grep "^$dev" /proc/mounts)"
+    mounts+="$name=$base/$name,"
+    pmem+="$name=$dev,"
+}
+dax_mount ext4-dax /dev/pmem0 mkfs.ext4 -q -F -b 4096
+dax_mount xfs-dax /dev/pmem1 mkfs.xfs -q -f -m reflink=0
 chmod 0755 "$base"/*/
 
 dmesg >"$out/dmesg-boot.txt"
 dmesg -C
-export DMAFILE_KO=$ko DMAFILE_MOUNTS=$mounts RUST_BACKTRACE=1
+export DMAFILE_KO=$ko DMAFILE_MOUNTS=$mounts DMAFILE_PMEM=$pmem RUST_BACKTRACE=1
 "$bin" "${filters[@]}" 2>&1 | tee "$out/guest-tests.log"
 rc=${PIPESTATUS[0]}
 

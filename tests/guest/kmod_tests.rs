@@ -64,7 +64,7 @@ pub fn all(_ctx: &Ctx) -> Vec<(String, TestFn)> {
     add!("cpu-access-sync", cpu_access_sync);
     add!("lifetimes/close-orders", close_orders);
     add!("lifetimes/rmmod", rmmod_while_mapped);
-    for fs in TEST_FS {
+    for fs in TEST_FS.iter().chain(DAX_FS) {
         add!(format!("races/{fs}"), move |c: &Ctx| races(c, fs));
     }
     t
@@ -1300,8 +1300,12 @@ impl Rng {
     }
 }
 
-fn races(c: &Ctx, fs: &str) -> TestResult {
+/// Writes, truncates and hole punches against mappings. On DAX mounts a
+/// truncate or punch waits while a storage-direct mapping holds the blocks,
+/// and a punched hole is refused as `dax-unbacked` until rewritten.
+pub fn races(c: &Ctx, fs: &str) -> TestResult {
     const PAGES: u64 = 64;
+    let dax = DAX_FS.contains(&fs);
     let dur = Duration::from_millis(
         std::env::var("DMAFILE_RACE_MS")
             .ok()
@@ -1360,9 +1364,30 @@ fn races(c: &Ctx, fs: &str) -> TestResult {
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                     let off = r.below(PAGES) * PAGE;
                     let len = (1 + r.below(16)) * PAGE - r.below(PAGE);
-                    match m.map(file.as_fd(), off, len, 0) {
+                    // On DAX one mapper maps for writing (allocating holes)
+                    // and stores the file's own pattern through the dma-buf.
+                    let write = dax && seed == 4;
+                    let fl = if write { flags::WRITE } else { 0 };
+                    match m.map(file.as_fd(), off, len, fl) {
                         Ok(b) => {
                             maps.fetch_add(1, Ordering::Relaxed);
+                            if write {
+                                let n = b.len() as usize;
+                                let w = match Mapping::new(
+                                    b.as_fd(),
+                                    n,
+                                    ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                                    0,
+                                ) {
+                                    Ok(w) => w,
+                                    Err(e) => return fail(format!("mmap of a WRITE dma-buf: {e}")),
+                                };
+                                let pg = r.below(n as u64 / PAGE);
+                                let bytes: Vec<u8> = (0..PAGE)
+                                    .map(|i| pattern(off + pg * PAGE + i, 1))
+                                    .collect();
+                                w.write_at((pg * PAGE) as usize, &bytes);
+                            }
                             let got = match dmabuf_bytes(b.as_fd(), b.len()) {
                                 Ok(g) => g,
                                 Err(e) => return fail(format!("mmap of a dma-buf: {e}")),
@@ -1383,7 +1408,7 @@ fn races(c: &Ctx, fs: &str) -> TestResult {
                             if matches!(
                                 e.reason,
                                 MapReason::BeyondEof | MapReason::FileChanged
-                            ) =>
+                            ) || (dax && e.reason == MapReason::DaxUnbacked) =>
                         {
                             refusals.fetch_add(1, Ordering::Relaxed);
                         }
@@ -1397,10 +1422,21 @@ fn races(c: &Ctx, fs: &str) -> TestResult {
         return Err(format!("{fs}: {msg}").into());
     }
     let (maps, refusals) = (maps.into_inner(), refusals.into_inner());
-    println!("     {fs}: {maps} mappings checked, {refusals} refused as beyond-eof/file-changed in {dur:?}");
+    println!("     {fs}: {maps} mappings checked, {refusals} refused (beyond-eof, file-changed, or on DAX dax-unbacked) in {dur:?}");
     ensure!(maps > 0, "{fs}: no mapping succeeded during the race");
-    // After the race: a mapping goes stale when its file is truncated.
+    // After the race: a mapping goes stale when its file is truncated, or,
+    // on DAX, the truncate waits for the mapping to go.
     file.set_len(PAGES * PAGE)?;
+    if dax {
+        file.write_all_at(&init, 0)?;
+        let b = m.map(file.as_fd(), 0, PAGES * PAGE, 0)?;
+        ensure!(
+            b.backing() == Backing::StorageDirect,
+            "{fs}: {:?}",
+            b.backing()
+        );
+        return crate::dax_tests::truncate_waits_for(&file, b, &init);
+    }
     let b = m.map(file.as_fd(), 0, PAGES * PAGE, 0)?;
     file.set_len(0)?;
     let st = m.status(b.as_fd())?;

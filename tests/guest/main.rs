@@ -9,6 +9,7 @@
 //! Prints one line per test and a summary `guest: N passed, N failed`;
 //! exits non-zero if any failed. Arguments filter tests by substring.
 
+mod dax_tests;
 mod direct_tests;
 mod kmod_tests;
 mod region_tests;
@@ -38,6 +39,7 @@ fn main() {
     let mut tests = kmod_tests::all(&ctx);
     tests.extend(direct_tests::all());
     tests.extend(region_tests::all());
+    tests.extend(dax_tests::all());
     let (mut passed, mut failed) = (0, 0);
     let mut failures = Vec::new();
     for (name, f) in tests {

@@ -42,7 +42,7 @@ thread_local! {
     static GPU: OnceCell<Gpu> = const { OnceCell::new() };
 }
 
-fn gpu() -> Gpu {
+pub fn gpu() -> Gpu {
     GPU.with(|g| {
         g.get_or_init(|| Gpu::open_default().expect("lavapipe in the guest"))
             .clone()

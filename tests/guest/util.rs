@@ -32,29 +32,35 @@ macro_rules! ensure {
 
 /// The filesystems the content, coherence and race tests run on.
 pub const TEST_FS: &[&str] = &["ext4", "xfs", "btrfs", "tmpfs", "tmpfs-huge"];
+/// The DAX mounts on the guest's pmem (tests/guest/inside.sh).
+pub const DAX_FS: &[&str] = &["ext4-dax", "xfs-dax"];
 
 pub struct Ctx {
     pub ko: PathBuf,
     mounts: Vec<(String, PathBuf)>,
+    pmem: Vec<(String, PathBuf)>,
 }
 
 impl Ctx {
     pub fn from_env() -> Result<Ctx, String> {
         let ko = std::env::var_os("DMAFILE_KO").ok_or("DMAFILE_KO is not set")?;
-        let mounts = std::env::var("DMAFILE_MOUNTS").map_err(|_| "DMAFILE_MOUNTS is not set")?;
-        let mounts = mounts
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(|kv| {
-                let (k, v) = kv
-                    .split_once('=')
-                    .ok_or(format!("bad mount entry {kv:?}"))?;
-                Ok((k.to_string(), PathBuf::from(v)))
-            })
-            .collect::<Result<Vec<_>, String>>()?;
+        let list = |var: &str| -> Result<Vec<(String, PathBuf)>, String> {
+            std::env::var(var)
+                .map_err(|_| format!("{var} is not set"))?
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|kv| {
+                    let (k, v) = kv
+                        .split_once('=')
+                        .ok_or(format!("bad {var} entry {kv:?}"))?;
+                    Ok((k.to_string(), PathBuf::from(v)))
+                })
+                .collect()
+        };
         Ok(Ctx {
             ko: PathBuf::from(ko),
-            mounts,
+            mounts: list("DMAFILE_MOUNTS")?,
+            pmem: list("DMAFILE_PMEM")?,
         })
     }
 
@@ -65,6 +71,15 @@ impl Ctx {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_path())
             .ok_or_else(|| format!("test filesystem {name} is not mounted"))
+    }
+
+    /// The pmem block device under a DAX mount.
+    pub fn pmem(&self, name: &str) -> Result<&Path, String> {
+        self.pmem
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_path())
+            .ok_or_else(|| format!("no pmem device for {name}"))
     }
 
     pub fn module(&self) -> Module {
