@@ -55,6 +55,16 @@ void dmafile_dax_exit(void)
 	destroy_workqueue(dmafile_dax_wq);
 }
 
+/* Is @vma exactly the buffer's mapping of its range at @addr? */
+static bool dmafile_dax_is_held(const struct vm_area_struct *vma,
+				const struct dmafile_buf *buf,
+				unsigned long addr)
+{
+	return vma && vma->vm_start == addr &&
+	       vma->vm_end == addr + (buf->npages << PAGE_SHIFT) &&
+	       vma->vm_file == buf->file;
+}
+
 /*
  * Maps the buffer's range for pinning and seals the mapping, so that it
  * stays until dmafile_dax_unhold(). The mapping is made between two guard
@@ -72,7 +82,7 @@ static int dmafile_dax_hold(struct dmafile_buf *buf, loff_t offset)
 	struct mm_struct *mm = current->mm;
 	struct vm_area_struct *vma;
 	unsigned long base, addr;
-	int ret = 0;
+	bool ours;
 
 	base = vm_mmap(NULL, 0, len + 2 * PAGE_SIZE, PROT_NONE,
 		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, 0);
@@ -84,35 +94,29 @@ static int dmafile_dax_hold(struct dmafile_buf *buf, loff_t offset)
 		vm_munmap(base, len + 2 * PAGE_SIZE);
 		return (long)addr;
 	}
-
 	if (mmap_write_lock_killable(mm)) {
-		ret = -EINTR;
-		goto out_unmap;
+		vm_munmap(base, len + 2 * PAGE_SIZE);
+		return -EINTR;
 	}
 	vma = find_vma(mm, addr);
-	if (!vma || vma->vm_start != addr || vma->vm_end != addr + len ||
-	    vma->vm_file != buf->file) {
-		mmap_write_unlock(mm);
-		/* Not ours any more: leave it to whoever mapped it. */
-		vm_munmap(base, PAGE_SIZE);
-		vm_munmap(addr + len, PAGE_SIZE);
-		return -EBUSY;
-	}
+	ours = dmafile_dax_is_held(vma, buf, addr);
 	/* VM_DONTEXPAND is one of VM_SPECIAL: never merged from now on. */
-	vm_flags_set(vma, VM_SEALED | VM_DONTCOPY | VM_DONTDUMP |
-		     VM_DONTEXPAND);
+	if (ours)
+		vm_flags_set(vma, VM_SEALED | VM_DONTCOPY | VM_DONTDUMP |
+			     VM_DONTEXPAND);
 	mmap_write_unlock(mm);
+	/*
+	 * The guards go either way: a sealed mapping no longer needs them,
+	 * and one another thread replaced is left to whoever mapped it.
+	 */
+	vm_munmap(base, PAGE_SIZE);
+	vm_munmap(addr + len, PAGE_SIZE);
+	if (!ours)
+		return -EBUSY;
 	mmget(mm);
 	buf->hold_mm = mm;
 	buf->hold_addr = addr;
-	/* The sealed mapping no longer needs its guards. */
-	vm_munmap(base, PAGE_SIZE);
-	vm_munmap(addr + len, PAGE_SIZE);
 	return 0;
-
-out_unmap:
-	vm_munmap(base, len + 2 * PAGE_SIZE);
-	return ret;
 }
 
 /*
@@ -130,9 +134,8 @@ static void dmafile_dax_unhold(struct dmafile_buf *buf)
 
 	mmap_write_lock(mm);
 	vma = find_vma(mm, buf->hold_addr);
-	ours = vma && vma->vm_start == buf->hold_addr &&
-	       vma->vm_end == buf->hold_addr + len &&
-	       vma->vm_file == buf->file && (vma->vm_flags & VM_SEALED);
+	ours = dmafile_dax_is_held(vma, buf, buf->hold_addr) &&
+	       (vma->vm_flags & VM_SEALED);
 	if (ours)
 		vm_flags_clear(vma, VM_SEALED);
 	mmap_write_unlock(mm);
@@ -140,33 +143,6 @@ static void dmafile_dax_unhold(struct dmafile_buf *buf)
 		vm_munmap(buf->hold_addr, len);
 	buf->hold_mm = NULL;
 	mmput(mm);
-}
-
-/* Faults [addr, addr + n pages) in without taking references. */
-static int dmafile_dax_fault_in(unsigned long addr, unsigned long n,
-				bool write)
-{
-	unsigned long done = 0;
-	long ret;
-
-	while (done < n) {
-		unsigned long batch = min_t(unsigned long, n - done,
-					    DMAFILE_PIN_BATCH);
-
-		if (fatal_signal_pending(current))
-			return -EINTR;
-		ret = get_user_pages_unlocked(addr + (done << PAGE_SHIFT),
-					      batch, NULL,
-					      write ? FOLL_WRITE : 0);
-		/* -EAGAIN: a fatal signal interrupted taking mmap_lock. */
-		if (ret == -EAGAIN)
-			return -EINTR;
-		if (ret <= 0)
-			return ret ? ret : -EFAULT;
-		done += ret;
-		cond_resched();
-	}
-	return 0;
 }
 
 /*
@@ -179,8 +155,7 @@ static int dmafile_dax_fault_in(unsigned long addr, unsigned long n,
 int dmafile_dax_pin(struct dmafile_buf *buf, loff_t offset,
 		    unsigned long *done)
 {
-	bool write = dmafile_buf_writable(buf);
-	unsigned int gup = FOLL_NOFAULT | (write ? FOLL_WRITE : 0);
+	unsigned int gup = dmafile_buf_writable(buf) ? FOLL_WRITE : 0;
 	unsigned long addr;
 	int tries, ret;
 
@@ -190,34 +165,35 @@ int dmafile_dax_pin(struct dmafile_buf *buf, loff_t offset,
 	addr = buf->hold_addr;
 	for (tries = 1;; tries++) {
 		struct inode *inode = file_inode(buf->file);
-		struct timespec64 ctime = inode_get_ctime(inode);
+		struct timespec64 ctime = inode_get_ctime(inode), now;
 		loff_t size = i_size_read(inode);
+		unsigned long faulted = 0;
 
-		*done = 0;
-		ret = dmafile_dax_fault_in(addr, buf->npages, write);
-		/*
-		 * A fault fails past EOF, so a truncate (and re-extension) in
-		 * between is a change to retry; with the file unchanged it is
-		 * the storage's error.
-		 */
-		if (ret == -EFAULT) {
-			struct timespec64 now = inode_get_ctime(inode);
-
+		ret = dmafile_gup(buf, addr, gup, true, &faulted);
+		if (!ret) {
+			ret = dmafile_gup(buf, addr, gup | FOLL_NOFAULT, false,
+					  done);
+			/* -EFAULT: a layout change zapped a page since. */
+			if (ret != -EFAULT)
+				return ret;
+			unpin_user_pages(buf->pages, *done);
+			*done = 0;
+		} else if (ret == -EFAULT) {
+			/*
+			 * A fault fails past EOF: after a truncate (and
+			 * re-extension) try again; with the file unchanged
+			 * it is the storage's error.
+			 */
+			now = inode_get_ctime(inode);
 			if (timespec64_equal(&ctime, &now) &&
 			    size == i_size_read(inode))
-				break;
+				return ret;
+		} else {
+			return ret;
 		}
-		if (!ret)
-			ret = dmafile_pin_pages(buf, addr, gup, done);
-		/* -EFAULT: a layout change zapped a page after the fault-in. */
-		if (ret != -EFAULT)
-			break;
-		unpin_user_pages(buf->pages, *done);
-		*done = 0;
 		if (tries == DMAFILE_DAX_TRIES)
 			return -EAGAIN;
 	}
-	return ret;
 }
 
 /* Undoes a dmafile_dax_pin() that left nothing pinned, in the caller. */

@@ -94,8 +94,8 @@ void dmafile_dax_release(struct dmafile_buf *buf);
 int dmafile_refuse(struct dmafile_map *m, u32 reason);
 int dmafile_map_file(struct dmafile_map *m, struct dma_buf **dmabuf);
 int dmafile_buf_status(struct dma_buf *dmabuf, struct dmafile_status *st);
-int dmafile_pin_pages(struct dmafile_buf *buf, unsigned long addr,
-		      unsigned int gup, unsigned long *done);
+int dmafile_gup(struct dmafile_buf *buf, unsigned long addr, unsigned int gup,
+		bool fault_only, unsigned long *done);
 
 /* main.c */
 bool dmafile_fs_allowed(const char *fs_name);

@@ -117,23 +117,31 @@ static bool dmafile_dax_unbacked(struct page *page)
 }
 
 /*
- * Pins the buffer's pages mapped at @addr into buf->pages from index
- * *done on, in batches between signal checks. Returns 0 when all are
- * pinned, or an errno with *done pages pinned.
+ * Runs GUP over the buffer's pages mapped at @addr from index *done on, in
+ * batches between signal checks: pins them into buf->pages, or with
+ * @fault_only faults them in without taking references. Returns 0 when
+ * all are done, or an errno with *done pages done.
  */
-int dmafile_pin_pages(struct dmafile_buf *buf, unsigned long addr,
-		      unsigned int gup, unsigned long *done)
+int dmafile_gup(struct dmafile_buf *buf, unsigned long addr, unsigned int gup,
+		bool fault_only, unsigned long *done)
 {
-	int ret;
+	long ret;
 
 	while (*done < buf->npages) {
+		unsigned long start = addr + (*done << PAGE_SHIFT);
 		unsigned long n = min_t(unsigned long, buf->npages - *done,
 					DMAFILE_PIN_BATCH);
 
 		if (fatal_signal_pending(current))
 			return -EINTR;
-		ret = pin_user_pages_fast(addr + (*done << PAGE_SHIFT), n, gup,
-					  buf->pages + *done);
+		if (fault_only)
+			ret = get_user_pages_unlocked(start, n, NULL, gup);
+		else
+			ret = pin_user_pages_fast(start, n, gup,
+						  buf->pages + *done);
+		/* -EAGAIN: a fatal signal interrupted taking mmap_lock. */
+		if (ret == -EAGAIN)
+			return -EINTR;
 		if (ret <= 0)
 			return ret ? ret : -EFAULT;
 		*done += ret;
@@ -160,9 +168,9 @@ static u32 dmafile_pin(struct dmafile_buf *buf, loff_t offset, int *mmap_err)
 	if (dax) {
 		/* Storage-direct keeps its mapping: see dax.c. */
 		ret = dmafile_dax_pin(buf, offset, &done);
-		if (ret == -EINTR && !buf->hold_mm)
-			return DMAFILE_REASON_INTERRUPTED;
 		if (ret && !buf->hold_mm) {
+			if (ret == -EINTR)
+				return DMAFILE_REASON_INTERRUPTED;
 			*mmap_err = ret;
 			return DMAFILE_REASON_MAP_FAILED;
 		}
@@ -174,8 +182,8 @@ static u32 dmafile_pin(struct dmafile_buf *buf, loff_t offset, int *mmap_err)
 			*mmap_err = (long)addr;
 			return DMAFILE_REASON_MAP_FAILED;
 		}
-		ret = dmafile_pin_pages(buf, addr, FOLL_LONGTERM |
-					(write ? FOLL_WRITE : 0), &done);
+		ret = dmafile_gup(buf, addr, FOLL_LONGTERM |
+				  (write ? FOLL_WRITE : 0), false, &done);
 		vm_munmap(addr, len);
 	}
 
