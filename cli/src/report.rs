@@ -56,23 +56,17 @@ pub fn stream_human(r: &StreamReport) -> String {
         gbps(r.bytes, r.seconds),
         r.device
     );
-    let paths: Vec<String> = r.paths.iter().map(|(k, v)| format!("{k} {v}")).collect();
     let _ = writeln!(
         s,
         "  paths:        {}",
-        if paths.is_empty() {
+        if r.paths.is_empty() {
             "(no bytes)".into()
         } else {
-            paths.join(", ")
+            counts(&r.paths)
         }
     );
     if !r.backing.is_empty() {
-        let b: Vec<String> = r
-            .backing
-            .iter()
-            .map(|(k, v)| format!("{} {v}", k.name()))
-            .collect();
-        let _ = writeln!(s, "  backing:      {} (direct)", b.join(", "));
+        let _ = writeln!(s, "  backing:      {} (direct)", counts(&r.backing));
     }
     let _ = writeln!(s, "  cpu copied:   {} bytes", r.cpu_copied_bytes);
     let _ = writeln!(s, "  gpu copied:   {} bytes", r.gpu_copied_bytes);
@@ -146,4 +140,12 @@ pub fn stream_human(r: &StreamReport) -> String {
         p.open, p.setup, p.fill, p.submit, p.wait, p.fold, p.verify
     );
     s
+}
+
+/// `name n, name n` of a per-key byte count.
+fn counts<K: std::fmt::Display>(m: &std::collections::BTreeMap<K, u64>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -541,18 +541,8 @@ impl Streamer {
         for a in &st.accs {
             whole.append(a);
         }
-        let mut paths = BTreeMap::new();
-        for fp in &st.file_paths {
-            for (k, v) in fp {
-                *paths.entry(*k).or_insert(0) += v;
-            }
-        }
-        let mut backing = BTreeMap::new();
-        for fb in &st.file_backing {
-            for (k, v) in fb {
-                *backing.entry(*k).or_insert(0) += v;
-            }
-        }
+        let paths = totals(&st.file_paths);
+        let backing = totals(&st.file_backing);
         let mut report = StreamReport {
             device: info.name.clone(),
             shader,
@@ -978,4 +968,15 @@ impl Drop for Streamer {
             d.destroy_command_pool(self.cmd_pool, None);
         }
     }
+}
+
+/// Byte counts summed over files, key by key.
+fn totals<K: Ord + Copy>(per_file: &[BTreeMap<K, u64>]) -> BTreeMap<K, u64> {
+    let mut all = BTreeMap::new();
+    for m in per_file {
+        for (k, v) in m {
+            *all.entry(*k).or_insert(0) += v;
+        }
+    }
+    all
 }

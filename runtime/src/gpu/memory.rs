@@ -84,6 +84,22 @@ impl<'a> Unbound<'a> {
         Ok(Unbound { dev, buffer })
     }
 
+    /// A storage buffer of `size` bytes whose memory will be imported as
+    /// external memory of type `ht`.
+    fn external(
+        dev: &'a Arc<DeviceShared>,
+        size: u64,
+        ht: vk::ExternalMemoryHandleTypeFlags,
+    ) -> Result<Self> {
+        let mut ext_ci = vk::ExternalMemoryBufferCreateInfo::default().handle_types(ht);
+        let ci = vk::BufferCreateInfo::default()
+            .size(size)
+            .usage(STORAGE_USAGE)
+            .sharing_mode(vk::SharingMode::EXCLUSIVE)
+            .push_next(&mut ext_ci);
+        Self::create(dev, &ci)
+    }
+
     /// The memory requirements, and whether the driver wants a dedicated
     /// allocation.
     fn requirements(&self) -> (vk::MemoryRequirements, bool) {
@@ -211,13 +227,7 @@ impl Buffer {
         }
         .result()
         .vk("vkGetMemoryHostPointerPropertiesEXT")?;
-        let mut ext_ci = vk::ExternalMemoryBufferCreateInfo::default().handle_types(ht);
-        let ci = vk::BufferCreateInfo::default()
-            .size(map.size())
-            .usage(STORAGE_USAGE)
-            .sharing_mode(vk::SharingMode::EXCLUSIVE)
-            .push_next(&mut ext_ci);
-        let buffer = Unbound::create(dev, &ci)?;
+        let buffer = Unbound::external(dev, map.size(), ht)?;
         let (req, _) = buffer.requirements();
         let bits = req.memory_type_bits & hp.memory_type_bits;
         let type_index = find_type(&dev.mem_props, bits, &[vk::MemoryPropertyFlags::empty()])
@@ -259,13 +269,7 @@ impl Buffer {
         // SAFETY: fd is an open dma-buf for the duration of the call.
         unsafe { ext.get_memory_fd_properties(ht, fd.as_raw_fd(), &mut props) }
             .vk("vkGetMemoryFdPropertiesKHR")?;
-        let mut ext_ci = vk::ExternalMemoryBufferCreateInfo::default().handle_types(ht);
-        let ci = vk::BufferCreateInfo::default()
-            .size(size.max(4))
-            .usage(STORAGE_USAGE)
-            .sharing_mode(vk::SharingMode::EXCLUSIVE)
-            .push_next(&mut ext_ci);
-        let buffer = Unbound::create(dev, &ci)?;
+        let buffer = Unbound::external(dev, size.max(4), ht)?;
         let (req, want_dedicated) = buffer.requirements();
         let bits = req.memory_type_bits & props.memory_type_bits;
         let type_index = (req.size <= source.len())
