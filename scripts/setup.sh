@@ -84,7 +84,7 @@ setup_host() {
 setup_guest() {
     setup_host
     apt_install kmod cpio busybox-static e2fsprogs xfsprogs btrfs-progs util-linux \
-        sparse bc bison flex libelf-dev libssl-dev make gcc xz-utils perl
+        sparse bc bison flex libelf-dev libssl-dev make gcc xz-utils perl patch
     if ! ls /boot/vmlinuz-6.12.* >/dev/null 2>&1 || ! ls -d /usr/src/linux-headers-6.12.*-amd64 >/dev/null 2>&1; then
         apt_update
         log "installing Debian's 6.12 guest kernel and headers from bookworm-backports"
