@@ -47,6 +47,9 @@ pub enum Error {
         call: &'static str,
         result: vk::Result,
     },
+    /// A KMS display could not be used (docs/scanout.md).
+    #[error("display: {0}")]
+    Display(#[from] crate::display::DisplayError),
     /// The chosen device lacks something dmafile needs.
     #[error("Vulkan device {device}: {what}")]
     DeviceUnsuitable { device: String, what: String },

@@ -17,12 +17,14 @@
 
 pub mod compute;
 pub mod cpu;
+pub mod display;
 mod error;
 mod gpu;
 mod hostmap;
 pub mod kmod;
 pub mod path;
 pub mod region;
+pub mod scanout;
 pub mod shader;
 pub mod source;
 mod spirv;

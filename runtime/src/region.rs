@@ -308,6 +308,14 @@ impl Region {
             .map_or(Backing::None, |b| b.backing())
     }
 
+    /// The dma-buf of a direct region, for importing the same mapping into
+    /// another device as well (a display: [`crate::display`]). The file's
+    /// byte at `offset()` is at `skew()` in it. `None` on other paths.
+    pub fn dmabuf(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.buffer().module_dmabuf().map(|b| b.as_fd())
+    }
+
     /// The module's view of the mapping (direct path only).
     pub fn status(&self) -> Option<Result<Status>> {
         let (m, b) = (self.module.as_ref()?, self.buffer().module_dmabuf()?);
