@@ -13,6 +13,7 @@ mod bench;
 mod info;
 mod map;
 mod report;
+mod scanout;
 mod size;
 
 #[derive(Parser)]
@@ -40,6 +41,8 @@ enum Cmd {
     Bench(bench::BenchOpts),
     /// Map a file range through dmafile.ko and print the dma-buf's status.
     Map(map::MapOpts),
+    /// Show a raw video file's frames on a display plane, each read from the file's pages.
+    Scanout(scanout::ScanoutOpts),
 }
 
 #[derive(Args)]
@@ -178,6 +181,7 @@ fn main() -> ExitCode {
         Cmd::Stream(o) => stream(o),
         Cmd::Bench(o) => bench::run(o),
         Cmd::Map(o) => map::run(o),
+        Cmd::Scanout(o) => scanout::run(o),
     };
     match r {
         Ok(c) => c,
