@@ -248,7 +248,11 @@ fn holes(c: &Ctx, fs: &str) -> TestResult {
         a.wrapping_add(u64::from_le_bytes(w.try_into().unwrap()))
     });
     let want = cpu::sum64(&std::fs::read(&p)?);
-    ensure!(sum == want, "{fs}: {} over a hole: GPU {sum}, CPU {want}", r.path_kind());
+    ensure!(
+        sum == want,
+        "{fs}: {} over a hole: GPU {sum}, CPU {want}",
+        r.path_kind()
+    );
     drop(r);
     // Unwritten extents (fallocate) have no data either.
     let u = dir.join("unwritten.bin");
@@ -492,8 +496,8 @@ fn held_mapping(c: &Ctx, fs: &str) -> TestResult {
 
     // Made by a child that exits; received here over a unix socket.
     use nix::sys::socket::{
-        recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned,
-        MsgFlags, SockFlag, SockType,
+        recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+        SockFlag, SockType,
     };
     use std::os::fd::{FromRawFd, OwnedFd, RawFd};
     let (tx, rx) = socketpair(
@@ -526,7 +530,12 @@ fn held_mapping(c: &Ctx, fs: &str) -> TestResult {
     let mut byte = [0u8; 1];
     let mut iov = [std::io::IoSliceMut::new(&mut byte)];
     let mut space = nix::cmsg_space!(RawFd);
-    let msg = recvmsg::<()>(rx.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty())?;
+    let msg = recvmsg::<()>(
+        rx.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )?;
     let mut got = None;
     for cm in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(v) = cm {

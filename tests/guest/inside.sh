@@ -14,6 +14,11 @@ for m in loop vgem ext4 xfs btrfs nd_e820 nd_pmem; do
     modprobe "$m" || fail "modprobe $m"
 done
 insmod "$ko" || fail "insmod $ko"
+# vkms (built by run.sh): a display with a writeback connector.
+for m in drm_kms_helper drm_shmem_helper; do
+    modprobe "$m" || fail "modprobe $m"
+done
+insmod "$out/vkms.ko" enable_writeback=1 || fail "insmod vkms.ko"
 
 base=/tmp/dmafile
 mkdir -p "$base"
@@ -56,11 +61,15 @@ chmod 0755 "$base"/*/
 
 dmesg >"$out/dmesg-boot.txt"
 dmesg -C
-export DMAFILE_KO=$ko DMAFILE_MOUNTS=$mounts DMAFILE_PMEM=$pmem RUST_BACKTRACE=1
+export DMAFILE_KO=$ko DMAFILE_VKMS=$out/vkms.ko DMAFILE_VKMS_OFFSET_BUG=$out/vkms-offset-bug.ko DMAFILE_MOUNTS=$mounts DMAFILE_PMEM=$pmem RUST_BACKTRACE=1
 "$bin" "${filters[@]}" 2>&1 | tee "$out/guest-tests.log"
 rc=${PIPESTATUS[0]}
 
-# Every dma-buf is gone, so the module must unload.
+# Every dma-buf is gone, so the modules must unload.
+if ! rmmod vkms; then
+    log "rmmod vkms failed after the tests: a reference leaked"
+    rc=1
+fi
 if ! rmmod dmafile; then
     log "rmmod dmafile failed after the tests: a reference leaked"
     rc=1

@@ -1183,8 +1183,7 @@ fn permutations(n: usize) -> Vec<Vec<usize>> {
 }
 
 pub fn delete_module() -> Result<(), Errno> {
-    let name = std::ffi::CString::new("dmafile").unwrap();
-    nix::kmod::delete_module(&name, nix::kmod::DeleteModuleFlags::O_NONBLOCK)
+    unload_module("dmafile")
 }
 
 fn load_module(ko: &Path, params: &str) -> Result<(), Errno> {
@@ -1383,9 +1382,8 @@ pub fn races(c: &Ctx, fs: &str) -> TestResult {
                                     Err(e) => return fail(format!("mmap of a WRITE dma-buf: {e}")),
                                 };
                                 let pg = r.below(n as u64 / PAGE);
-                                let bytes: Vec<u8> = (0..PAGE)
-                                    .map(|i| pattern(off + pg * PAGE + i, 1))
-                                    .collect();
+                                let bytes: Vec<u8> =
+                                    (0..PAGE).map(|i| pattern(off + pg * PAGE + i, 1)).collect();
                                 w.write_at((pg * PAGE) as usize, &bytes);
                             }
                             let got = match dmabuf_bytes(b.as_fd(), b.len()) {

@@ -4,7 +4,12 @@
 //!
 //! - `DMAFILE_KO`: path of dmafile.ko (tests unload and reload it);
 //! - `DMAFILE_MOUNTS`: `name=dir,...` of freshly made filesystems
-//!   (ext4, xfs, btrfs on loop images, tmpfs, tmpfs-huge, ramfs).
+//!   (ext4, xfs, btrfs on loop images, tmpfs, tmpfs-huge, ramfs; ext4-dax
+//!   and xfs-dax on pmem);
+//! - `DMAFILE_PMEM`: `name=device,...`, the pmem devices under the DAX mounts;
+//! - `DMAFILE_VKMS`, `DMAFILE_VKMS_OFFSET_BUG`: vkms.ko with our fixes
+//!   (loaded, with writeback) and one without the framebuffer offset fix
+//!   (scripts/build-vkms.sh).
 //!
 //! Prints one line per test and a summary `guest: N passed, N failed`;
 //! exits non-zero if any failed. Arguments filter tests by substring.
@@ -13,6 +18,7 @@ mod dax_tests;
 mod direct_tests;
 mod kmod_tests;
 mod region_tests;
+mod scanout_tests;
 mod util;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -40,6 +46,7 @@ fn main() {
     tests.extend(direct_tests::all());
     tests.extend(region_tests::all());
     tests.extend(dax_tests::all());
+    tests.extend(scanout_tests::all());
     let (mut passed, mut failed) = (0, 0);
     let mut failures = Vec::new();
     for (name, f) in tests {

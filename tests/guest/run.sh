@@ -15,13 +15,17 @@ export PATH=$cache/venv/bin:$PATH # vng runs virtme-run from there
 
 echo "guest: building dmafile.ko for $GUEST_KVER"
 make -s -C "$here/kmod" KDIR="$GUEST_KDIR" >/dev/null
-echo "guest: building the guest test binary and the dmafile CLI"
-cargo build --release --locked -q -p dmafile-guest-tests -p dmafile-cli -p safetensors-reduce
+echo "guest: building vkms.ko (out of tree, from linux-source-6.12)"
+vkms_ko=$("$here/scripts/build-vkms.sh")
+vkms_bug_ko=$("$here/scripts/build-vkms.sh" --without-offset-fix)
+cargo build --release --locked -q -p dmafile-guest-tests -p dmafile-cli -p safetensors-reduce -p scanout-play
 bin=$here/target/release/dmafile-guest-tests
 
 out=$cache/guest-run
 rm -rf "$out"
 mkdir -p "$out"
+cp "$vkms_ko" "$out/vkms.ko" # inside.sh loads it from there
+cp "$vkms_bug_ko" "$out/vkms-offset-bug.ko" # scanout/vkms-offset-bug loads it
 accel=(--disable-kvm)
 [ "${DMAFILE_GUEST_KVM:-0}" = 1 ] && accel=()
 quoted=""

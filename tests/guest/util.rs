@@ -254,3 +254,9 @@ pub fn heap_dmabuf(len: u64) -> Result<OwnedFd, String> {
         .and_then(|h| h.allocate(len as usize))
         .map_err(|e| format!("dma-heap alloc: {e}"))
 }
+
+/// `rmmod NAME` without waiting: EWOULDBLOCK while the module is in use.
+pub fn unload_module(name: &str) -> Result<(), Errno> {
+    let name = std::ffi::CString::new(name).unwrap();
+    nix::kmod::delete_module(&name, nix::kmod::DeleteModuleFlags::O_NONBLOCK)
+}
