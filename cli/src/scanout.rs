@@ -19,7 +19,7 @@ pub struct ScanoutOpts {
     #[arg(long, default_value = "XRGB8888")]
     format: Format,
     /// Frame size in pixels, WxH.
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = dmafile::display::parse_size)]
     size: (u32, u32),
     /// Bytes per row in the file (default: width × bytes per pixel).
     #[arg(long)]
@@ -44,12 +44,6 @@ pub struct ScanoutOpts {
     /// One JSON object on stdout (docs/cli.md).
     #[arg(long)]
     json: bool,
-}
-
-fn parse_size(s: &str) -> Result<(u32, u32), String> {
-    let bad = || format!("{s:?} is not WxH (e.g. 640x480)");
-    let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
-    Ok((w.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?))
 }
 
 fn parse_path(s: &str) -> Option<ScanoutPath> {

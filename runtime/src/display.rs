@@ -331,6 +331,13 @@ pub struct Display {
     offsets_ok: std::cell::Cell<Option<bool>>,
 }
 
+/// A frame size written `WxH` (`640x480`); the error names what was given.
+pub fn parse_size(s: &str) -> std::result::Result<(u32, u32), String> {
+    let bad = || format!("{s:?} is not WxH (e.g. 640x480)");
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    Ok((w.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?))
+}
+
 /// A range's first and last value.
 fn bounds(r: impl RangeBounds<u32>) -> (u32, u32) {
     let lo = match r.start_bound() {
@@ -574,6 +581,7 @@ impl Display {
 
     /// A framebuffer of `layout` over `gem`. The format must be one the
     /// primary plane scans out.
+    ///
     /// On vkms, the first framebuffer with a non-zero offset runs the
     /// probe of [`Display::offsets_shown_right`] (one commit and capture);
     /// where offsets are shown wrong, one is refused.
@@ -592,28 +600,7 @@ impl Display {
                 layout.format.name()
             )));
         }
-        let fb = self
-            .card
-            .add_planar_framebuffer(
-                &Planar {
-                    layout,
-                    handle: gem.handle,
-                },
-                FbCmd2Flags::empty(),
-            )
-            .map_err(self.err(format!(
-                "framebuffer {}x{} {} pitch {} offset {}",
-                layout.width,
-                layout.height,
-                layout.format.name(),
-                layout.pitch,
-                layout.offset
-            )))?;
-        Ok(Framebuffer {
-            display: self,
-            fb,
-            layout,
-        })
+        self.framebuffer_unchecked(gem, layout)
     }
 
     /// A writeback target of `w`x`h` XRGB8888 (the CRTC's size).
@@ -737,8 +724,12 @@ impl Display {
                 FbCmd2Flags::empty(),
             )
             .map_err(self.err(format!(
-                "framebuffer {}x{} pitch {} offset {}",
-                layout.width, layout.height, layout.pitch, layout.offset
+                "framebuffer {}x{} {} pitch {} offset {}",
+                layout.width,
+                layout.height,
+                layout.format.name(),
+                layout.pitch,
+                layout.offset
             )))?;
         Ok(Framebuffer {
             display: self,

@@ -56,6 +56,22 @@ fn opts(path: &str, access: Access) -> RegionOptions {
     }
 }
 
+/// The SUM64 kernel `k` over the region's buffer up to the end of its
+/// range (from the page its range starts in, `skew() + len()` bytes).
+pub fn sum64(g: &Gpu, k: &mut Kernel, r: &Region) -> Result<u64, Error> {
+    let n = r.skew() + r.len();
+    let blocks = n.div_ceil(4096) as usize;
+    let mut out = DeviceBuffer::new(g, blocks * 8)?;
+    k.run(
+        &[r.into(), (&mut out).into()],
+        &(n as u32).to_ne_bytes(),
+        [blocks.div_ceil(64) as u32, 1, 1],
+    )?;
+    Ok(out.bytes().chunks_exact(8).fold(0u64, |a, w| {
+        a.wrapping_add(u64::from_le_bytes(w.try_into().unwrap()))
+    }))
+}
+
 fn invert(k: &mut Kernel, r: &Region) -> Result<(), Error> {
     let (first, count) = ((r.skew() / 4) as u32, (r.len() / 4) as u32);
     let push = [first.to_ne_bytes(), count.to_ne_bytes()].concat();
@@ -96,17 +112,7 @@ fn read_every_fs(c: &Ctx) -> TestResult {
             let r = Region::open(&g, &p, off, len, opts("direct", Access::Read))?;
             ensure!(r.path_kind() == PathKind::Direct, "{fs}: {}", r.path_kind());
             ensure!(r.backing() == Backing::PageCache, "{fs}: {:?}", r.backing());
-            let n = r.skew() + len;
-            let blocks = n.div_ceil(4096) as usize;
-            let mut out = DeviceBuffer::new(&g, blocks * 8)?;
-            k.run(
-                &[(&r).into(), (&mut out).into()],
-                &(n as u32).to_ne_bytes(),
-                [blocks.div_ceil(64) as u32, 1, 1],
-            )?;
-            let sum = out.bytes().chunks_exact(8).fold(0u64, |a, w| {
-                a.wrapping_add(u64::from_le_bytes(w.try_into().unwrap()))
-            });
+            let sum = sum64(&g, &mut k, &r)?;
             let start = (off - r.skew()) as usize;
             let want = cpu::sum64(&d[start..(off + len) as usize]);
             ensure!(sum == want, "{fs} {off}+{len}: GPU {sum}, CPU {want}");

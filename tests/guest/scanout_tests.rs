@@ -12,7 +12,7 @@ use nix::errno::Errno;
 use dmafile::compute::builtin;
 use dmafile::cpu;
 use dmafile::display::{Display, Format, Layout};
-use dmafile::{Access, DeviceBuffer, Kernel, PathKind, Region, RegionOptions};
+use dmafile::{Access, Kernel, PathKind, Region, RegionOptions};
 use serde_json::Value;
 
 use crate::ensure;
@@ -272,17 +272,7 @@ fn two_importers(c: &Ctx) -> TestResult {
     let mut cap = d.capture_buffer(w, h)?;
     d.present(&fb, Some(&cap), std::time::Duration::from_secs(10))?;
     // The shader reads the same pages while vkms shows them.
-    let n = r.skew() + frame;
-    let blocks = n.div_ceil(4096) as usize;
-    let mut out = DeviceBuffer::new(&g, blocks * 8)?;
-    k.run(
-        &[(&r).into(), (&mut out).into()],
-        &(n as u32).to_ne_bytes(),
-        [blocks.div_ceil(64) as u32, 1, 1],
-    )?;
-    let sum = out.bytes().chunks_exact(8).fold(0u64, |a, w| {
-        a.wrapping_add(u64::from_le_bytes(w.try_into().unwrap()))
-    });
+    let sum = crate::region_tests::sum64(&g, &mut k, &r)?;
     let start = (off - r.skew()) as usize;
     let want = cpu::sum64(&bytes[start..(off + frame) as usize]);
     ensure!(sum == want, "shader: GPU {sum}, CPU {want}");

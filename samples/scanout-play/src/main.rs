@@ -29,7 +29,7 @@ enum Cmd {
     /// Write a test video of XRGB8888 frames.
     Make {
         file: PathBuf,
-        #[arg(long, value_parser = parse_size)]
+        #[arg(long, value_parser = dmafile::display::parse_size)]
         size: (u32, u32),
         #[arg(long, default_value_t = 120)]
         frames: u32,
@@ -37,7 +37,7 @@ enum Cmd {
     /// Show every frame of a raw file, paced to --fps.
     Play {
         file: PathBuf,
-        #[arg(long, value_parser = parse_size)]
+        #[arg(long, value_parser = dmafile::display::parse_size)]
         size: (u32, u32),
         /// XRGB8888, ARGB8888 or RGB565.
         #[arg(long, default_value = "XRGB8888")]
@@ -57,12 +57,6 @@ enum Cmd {
         #[arg(long)]
         device: Option<PathBuf>,
     },
-}
-
-fn parse_size(s: &str) -> Result<(u32, u32), String> {
-    let bad = || format!("{s:?} is not WxH (e.g. 640x480)");
-    let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
-    Ok((w.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?))
 }
 
 /// Pixel (x, y) of test frame `f`: eight colour bars scrolling left by two
