@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Static checks of kmod/: checkpatch.pl --strict from Debian's linux-source-6.12
-# and sparse (make C=2). Any finding fails.
+# (also over our vkms patches) and sparse (make C=2). Any finding fails.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cache=${DMAFILE_CACHE:-$here/.cache}
@@ -30,6 +30,18 @@ if echo "$out" | grep -qE '(ERROR|WARNING|CHECK):'; then
     status=1
 else
     echo "kmod-check: checkpatch --strict: ${#files[@]} files, no findings"
+fi
+
+# Our fixes of vkms (scripts/build-vkms.sh) as patches, the way the kernel
+# takes them (run outside our git tree: checkpatch consults git inside one).
+patches=("$here"/scripts/vkms-*.patch)
+out=$(cd "$src" && "$src/scripts/checkpatch.pl" --strict --no-tree --no-signoff --terse --show-types "${patches[@]}" 2>&1) || true
+if echo "$out" | grep -qE '(ERROR|WARNING|CHECK):'; then
+    echo "$out" | grep -E '(ERROR|WARNING|CHECK):'
+    echo "kmod-check: checkpatch --strict has findings in the vkms patches" >&2
+    status=1
+else
+    echo "kmod-check: checkpatch --strict: ${#patches[@]} vkms patches, no findings"
 fi
 
 # sparse: rebuild every object with the checker.
