@@ -365,8 +365,8 @@ fn drm_err(card: &Card, what: impl Into<String>) -> impl FnOnce(std::io::Error) 
 
 impl Display {
     /// Opens `path`, or the first `/dev/dri/card*` that can do atomic
-    /// modesetting (one with a writeback connector first when
-    /// `want_writeback`).
+    /// modesetting; with `want_writeback`, one that also has a writeback
+    /// connector (an error names each device tried and why not).
     pub fn open(path: Option<&Path>, want_writeback: bool) -> Result<Display> {
         let candidates: Vec<PathBuf> = match path {
             Some(p) => vec![p.to_path_buf()],
@@ -385,20 +385,11 @@ impl Display {
             }
         };
         let mut why = Vec::new();
-        let mut fallback = None;
         for p in candidates {
             match Display::open_one(&p) {
                 Ok(d) if !want_writeback || d.writeback.is_some() => return Ok(d),
-                Ok(d) => {
-                    why.push(format!("{}: no writeback connector", p.display()));
-                    fallback.get_or_insert(d);
-                }
+                Ok(_) => why.push(format!("{}: no writeback connector", p.display())),
                 Err(e) => why.push(e.to_string()),
-            }
-        }
-        if let (Some(d), None) = (fallback, path) {
-            if !want_writeback {
-                return Ok(d);
             }
         }
         if why.is_empty() {
@@ -583,7 +574,8 @@ impl Display {
     /// primary plane scans out.
     ///
     /// On vkms, the first framebuffer with a non-zero offset runs the
-    /// probe of [`Display::offsets_shown_right`] (one commit and capture);
+    /// probe of [`Display::offsets_shown_right`] (a commit and capture of
+    /// its own, after which the display is off until the next `present`);
     /// where offsets are shown wrong, one is refused.
     pub fn framebuffer<'d>(&'d self, gem: &Gem<'d>, layout: Layout) -> Result<Framebuffer<'d>> {
         layout.check()?;
@@ -653,13 +645,13 @@ impl Display {
     /// Why a framebuffer offset is refused (after the probe said so).
     pub fn offsets_wrong(&self) -> String {
         format!(
-            "{} ({}) shows framebuffers at an offset wrongly (probed: vkms applies the offset twice{})",
+            "{} ({}) shows framebuffers at an offset wrongly ({})",
             self.card.path.display(),
             self.driver,
             if self.writeback.is_none() {
-                "; without a writeback connector it cannot be probed"
+                "vkms 6.12 applies the offset twice; without a writeback connector, this one cannot be probed"
             } else {
-                ""
+                "probed: it applies the offset twice"
             }
         )
     }
@@ -686,6 +678,9 @@ impl Display {
         let mut cap = self.capture_buffer(w, h)?;
         self.present(&fb, Some(&cap), Duration::from_secs(10))?;
         let got = self.read_capture(&mut cap)?;
+        // Off before the probe's buffers go: removing a framebuffer that is
+        // on screen may turn the CRTC off behind the cached mode.
+        self.off()?;
         let shown = |k: usize| got.chunks_exact(4).all(|p| p[..3] == pixel(k)[..3]);
         Ok(shown(1))
     }

@@ -54,8 +54,8 @@ pub struct ScanoutConfig {
     /// Capture every frame with the writeback connector and compare it
     /// with the file's bytes.
     pub verify: bool,
-    /// The DRM device (default: the first KMS device, one with writeback
-    /// first when verifying).
+    /// The DRM device (default: the first KMS device; when verifying, the
+    /// first with a writeback connector).
     pub device: Option<PathBuf>,
 }
 
@@ -112,7 +112,7 @@ fn display_err(e: DisplayError) -> Error {
 
 /// What one frame is shown from; dropped after the next frame is up.
 struct Shown<'d> {
-    _fb: Framebuffer<'d>,
+    fb: Framebuffer<'d>,
     _gem: Gem<'d>,
     _dmabuf: Option<DmaBuf>,
 }
@@ -224,7 +224,7 @@ pub fn scanout(
             }
         },
     };
-    let result = show_frames(
+    show_frames(
         &display,
         &file,
         file_path,
@@ -233,8 +233,7 @@ pub fn scanout(
         frames,
         &mut report,
         on_frame,
-    );
-    result?;
+    )?;
     Ok(report)
 }
 
@@ -254,6 +253,118 @@ fn note_fallback(list: &mut Vec<ScanoutFallback>, code: ReasonCode, reason: Stri
     }
 }
 
+/// Why a frame could not go direct: the fallback's code and reason, and
+/// the error to give where `--path direct` was asked for.
+struct Refusal {
+    code: ReasonCode,
+    reason: String,
+    error: Error,
+}
+
+impl Refusal {
+    fn display(e: DisplayError) -> Refusal {
+        Refusal {
+            code: ReasonCode::ImportFailed,
+            reason: e.to_string(),
+            error: Error::Display(e),
+        }
+    }
+
+    /// `detail`: what the error says beyond the fallback's reason.
+    fn path(code: ReasonCode, reason: String, detail: Option<String>) -> Refusal {
+        let why = detail.unwrap_or_else(|| reason.clone());
+        Refusal {
+            code,
+            reason,
+            error: Error::PathUnavailable(Unavailable::new(PathKind::Direct, code, why)),
+        }
+    }
+}
+
+/// The file's frames: where they are and how they are laid out.
+struct Source<'a> {
+    file: &'a File,
+    path: &'a Path,
+    cfg: &'a ScanoutConfig,
+    stride: u32,
+}
+
+impl Source<'_> {
+    /// Frame `i`, `off` bytes into the file, through a dmafile dma-buf of
+    /// the pages holding it, imported by PRIME; the frame starts `skew`
+    /// bytes into the buffer.
+    fn direct<'d>(
+        &self,
+        display: &'d Display,
+        m: &Module,
+        (i, off): (u64, u64),
+        offsets_ok: bool,
+    ) -> std::result::Result<Shown<'d>, Refusal> {
+        let page = off / PAGE_SIZE * PAGE_SIZE;
+        let skew = (off - page) as u32;
+        if skew != 0 && !offsets_ok {
+            let reason = display.offsets_wrong();
+            let detail = format!("frame {i} starts {skew} bytes into a page: {reason}");
+            return Err(Refusal::path(ReasonCode::DeviceLimit, reason, Some(detail)));
+        }
+        let layout = Layout {
+            format: self.cfg.format,
+            width: self.cfg.width,
+            height: self.cfg.height,
+            pitch: self.stride,
+            offset: skew,
+        };
+        let b = m
+            .map(self.file.as_fd(), page, skew as u64 + layout.span(), 0)
+            .map_err(|e| {
+                let reason = format!("{}: {e}", self.path.display());
+                Refusal::path(ReasonCode::Kernel(e.reason), reason, None)
+            })?;
+        let gem = display.import(b.as_fd()).map_err(Refusal::display)?;
+        let fb = display
+            .framebuffer(&gem, layout)
+            .map_err(Refusal::display)?;
+        Ok(Shown {
+            fb,
+            _gem: gem,
+            _dmabuf: Some(b),
+        })
+    }
+
+    /// The frame `off` bytes into the file, read into a dumb buffer.
+    fn dumb<'d>(&self, display: &'d Display, off: u64) -> Result<Shown<'d>> {
+        let (cfg, stride) = (self.cfg, self.stride as u64);
+        let row = cfg.width as usize * cfg.format.bytes_per_pixel() as usize;
+        let (mut gem, pitch) = display
+            .dumb(cfg.format, cfg.width, cfg.height)
+            .map_err(display_err)?;
+        display
+            .with_dumb_mapping(&mut gem, |m| -> std::io::Result<()> {
+                for y in 0..cfg.height as usize {
+                    let at = y * pitch as usize;
+                    self.file
+                        .read_exact_at(&mut m[at..at + row], off + y as u64 * stride)?;
+                }
+                Ok(())
+            })
+            .map_err(display_err)?
+            .map_err(|e| Error::io(self.path, "read a frame", e))?;
+        let layout = Layout {
+            format: cfg.format,
+            width: cfg.width,
+            height: cfg.height,
+            pitch,
+            offset: 0,
+        };
+        let fb = display.framebuffer(&gem, layout).map_err(display_err)?;
+        Ok(Shown {
+            fb,
+            _gem: gem,
+            _dmabuf: None,
+        })
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn show_frames(
     display: &Display,
@@ -266,12 +377,10 @@ fn show_frames(
     on_frame: &mut dyn FnMut(u64, ScanoutPath),
 ) -> Result<()> {
     let (w, h, stride) = (cfg.width, cfg.height, report.stride);
-    let row = w as usize * cfg.format.bytes_per_pixel() as usize;
     let frame_bytes = report.frame_bytes;
     let timeout = Duration::from_secs(10);
-    let shared = display;
     let mut capture: Option<Capture<'_>> = if cfg.verify {
-        Some(shared.capture_buffer(w, h).map_err(display_err)?)
+        Some(display.capture_buffer(w, h).map_err(display_err)?)
     } else {
         None
     };
@@ -283,116 +392,29 @@ fn show_frames(
         Some(_) if some_skewed => display.offsets_shown_right().map_err(display_err)?,
         _ => true,
     };
+    let src = Source {
+        file,
+        path: file_path,
+        cfg,
+        stride,
+    };
     let mut prev: Option<Shown<'_>> = None;
     let start = Instant::now();
     for i in 0..frames {
         let off = i * frame_bytes;
-        let mut direct = None;
-        let page = off / PAGE_SIZE * PAGE_SIZE;
-        let skew = (off - page) as u32;
-        let module = match module {
-            Some(_) if skew != 0 && !offsets_ok => {
-                let reason = display.offsets_wrong();
-                if cfg.path == Some(ScanoutPath::Direct) {
-                    return Err(Error::PathUnavailable(Unavailable::new(
-                        PathKind::Direct,
-                        ReasonCode::DeviceLimit,
-                        format!("frame {i} starts {skew} bytes into a page: {reason}"),
-                    )));
-                }
-                note_fallback(&mut report.fallbacks, ReasonCode::DeviceLimit, reason, 1);
-                None
-            }
-            m => m,
-        };
-        if let Some(m) = module {
-            let layout = Layout {
-                format: cfg.format,
-                width: w,
-                height: h,
-                pitch: stride,
-                offset: skew,
-            };
-            let len = skew as u64 + layout.span();
-            match m.map(file.as_fd(), page, len, 0) {
-                Ok(b) => match shared.import(b.as_fd()) {
-                    Ok(gem) => match shared.framebuffer(&gem, layout) {
-                        Ok(fb) => direct = Some((fb, gem, b)),
-                        Err(e) if cfg.path == Some(ScanoutPath::Direct) => {
-                            return Err(display_err(e))
-                        }
-                        Err(e) => note_fallback(
-                            &mut report.fallbacks,
-                            ReasonCode::ImportFailed,
-                            e.to_string(),
-                            1,
-                        ),
-                    },
-                    Err(e) if cfg.path == Some(ScanoutPath::Direct) => return Err(display_err(e)),
-                    Err(e) => note_fallback(
-                        &mut report.fallbacks,
-                        ReasonCode::ImportFailed,
-                        e.to_string(),
-                        1,
-                    ),
-                },
-                Err(e) => {
-                    let code = ReasonCode::Kernel(e.reason);
-                    let reason = format!("{}: {e}", file_path.display());
-                    if cfg.path == Some(ScanoutPath::Direct) {
-                        return Err(Error::PathUnavailable(Unavailable::new(
-                            PathKind::Direct,
-                            code,
-                            reason,
-                        )));
-                    }
-                    note_fallback(&mut report.fallbacks, code, reason, 1);
-                }
-            }
-        }
+        let direct = module.map(|m| src.direct(display, m, (i, off), offsets_ok));
         let (shown, path) = match direct {
-            Some((fb, gem, b)) => (
-                Shown {
-                    _fb: fb,
-                    _gem: gem,
-                    _dmabuf: Some(b),
-                },
-                ScanoutPath::Direct,
-            ),
-            None => {
-                let (mut gem, pitch) = shared.dumb(cfg.format, w, h).map_err(display_err)?;
-                let read = shared
-                    .with_dumb_mapping(&mut gem, |m| -> std::io::Result<()> {
-                        for y in 0..h as usize {
-                            let at = y * pitch as usize;
-                            file.read_exact_at(
-                                &mut m[at..at + row],
-                                off + y as u64 * stride as u64,
-                            )?;
-                        }
-                        Ok(())
-                    })
-                    .map_err(display_err)?;
-                read.map_err(|e| Error::io(file_path, "read a frame", e))?;
-                report.cpu_copied_bytes += (row * h as usize) as u64;
-                let layout = Layout {
-                    format: cfg.format,
-                    width: w,
-                    height: h,
-                    pitch,
-                    offset: 0,
-                };
-                let fb = shared.framebuffer(&gem, layout).map_err(display_err)?;
-                (
-                    Shown {
-                        _fb: fb,
-                        _gem: gem,
-                        _dmabuf: None,
-                    },
-                    ScanoutPath::Dumb,
-                )
+            Some(Ok(shown)) => (shown, ScanoutPath::Direct),
+            Some(Err(r)) if cfg.path == Some(ScanoutPath::Direct) => return Err(r.error),
+            Some(Err(r)) => {
+                note_fallback(&mut report.fallbacks, r.code, r.reason, 1);
+                (src.dumb(display, off)?, ScanoutPath::Dumb)
             }
+            None => (src.dumb(display, off)?, ScanoutPath::Dumb),
         };
+        if path == ScanoutPath::Dumb {
+            report.cpu_copied_bytes += w as u64 * cfg.format.bytes_per_pixel() as u64 * h as u64;
+        }
         if let Some(fps) = cfg.fps {
             let due = start + Duration::from_secs_f64(i as f64 / fps);
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
@@ -400,14 +422,14 @@ fn show_frames(
             }
         }
         display
-            .present(&shown._fb, capture.as_ref(), timeout)
+            .present(&shown.fb, capture.as_ref(), timeout)
             .map_err(display_err)?;
         // The new frame is up: the previous one's buffers may go.
         prev = Some(shown);
         *report.paths.entry(path).or_insert(0) += 1;
         report.frames_shown += 1;
         if let Some(cap) = capture.as_mut() {
-            let got = shared.read_capture(cap).map_err(display_err)?;
+            let got = display.read_capture(cap).map_err(display_err)?;
             let mut want = vec![0u8; frame_bytes as usize];
             file.read_exact_at(&mut want, off)
                 .map_err(|e| Error::io(file_path, "read a frame to compare", e))?;
@@ -438,17 +460,17 @@ fn compare(
 ) -> Option<Mismatch> {
     let shown = cfg.format.shown_bytes();
     let bpp = cfg.format.bytes_per_pixel() as usize;
+    let pick =
+        |bytes: &[u8], at: usize| -> Vec<u8> { shown.iter().map(|&k| bytes[at + k]).collect() };
     let mut first = None;
     let mut n = 0u64;
     for y in 0..cfg.height as usize {
         for x in 0..cfg.width as usize {
             let a = y * stride as usize + x * bpp;
             let b = (y * cfg.width as usize + x) * 4;
-            let fw: Vec<u8> = shown.iter().map(|&k| want[a + k]).collect();
-            let fg: Vec<u8> = shown.iter().map(|&k| got[b + k]).collect();
-            if fw != fg {
+            if shown.iter().any(|&k| want[a + k] != got[b + k]) {
                 n += 1;
-                first.get_or_insert((x as u32, y as u32, fw, fg));
+                first.get_or_insert_with(|| (x as u32, y as u32, pick(want, a), pick(got, b)));
             }
         }
     }
