@@ -107,10 +107,7 @@ fn stream_direct(c: &Ctx) -> TestResult {
         "stream", "--path", "direct", "--verify", "--json", "--chunk", "1M",
     ];
     args.extend(&names);
-    let o = Command::new(std::env::current_exe()?.with_file_name("dmafile"))
-        .args(&args)
-        .env("DMAFILE_NO_PROGRESS", "1")
-        .output()?;
+    let o = dmafile(&args);
     ensure!(
         o.status.success(),
         "exit {:?}: {}",
@@ -146,9 +143,7 @@ fn stream_direct(c: &Ctx) -> TestResult {
         );
     }
     // The CLI's map says so too.
-    let o = Command::new(std::env::current_exe()?.with_file_name("dmafile"))
-        .args(["map", names[0], "--json"])
-        .output()?;
+    let o = dmafile(&["map", names[0], "--json"]);
     let v: Value = serde_json::from_slice(&o.stdout)?;
     ensure!(v["backing"] == "storage-direct", "dmafile map: {v}");
     Ok(())

@@ -28,18 +28,6 @@ pub fn all() -> Vec<(String, TestFn)> {
     t.into_iter().map(|(n, f)| (n.to_string(), f)).collect()
 }
 
-fn cli() -> PathBuf {
-    std::env::current_exe().unwrap().with_file_name("dmafile")
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(cli())
-        .args(args)
-        .env("DMAFILE_NO_PROGRESS", "1")
-        .output()
-        .expect("run dmafile")
-}
-
 fn json(o: &Output) -> Result<Value, String> {
     serde_json::from_slice(&o.stdout).map_err(|e| {
         format!(
@@ -65,7 +53,7 @@ fn stream_every_fs(c: &Ctx) -> TestResult {
         "stream", "--path", "direct", "--shader", "crc32c", "--verify", "--json", "--chunk", "1M",
     ];
     args.extend(&names);
-    let o = run(&args);
+    let o = dmafile(&args);
     let v = json(&o)?;
     ensure!(
         o.status.success(),
@@ -112,7 +100,7 @@ fn refused_falls_back(c: &Ctx) -> TestResult {
     let bytes = data(1 << 20, 7);
     let p = write_file(c.fs("ramfs")?, "refused.bin", &bytes);
     let ps = p.to_str().unwrap();
-    let o = run(&["stream", "--path", "direct", "--verify", "--json", ps]);
+    let o = dmafile(&["stream", "--path", "direct", "--verify", "--json", ps]);
     let err = String::from_utf8_lossy(&o.stderr);
     ensure!(
         o.status.code() == Some(2) && o.stdout.is_empty(),
@@ -123,7 +111,7 @@ fn refused_falls_back(c: &Ctx) -> TestResult {
         err.contains("fs-not-supported"),
         "--path direct on ramfs: {err}"
     );
-    let o = run(&["stream", "--path", "auto", "--verify", "--json", ps]);
+    let o = dmafile(&["stream", "--path", "auto", "--verify", "--json", ps]);
     let v = json(&o)?;
     ensure!(v["verified"] == true, "auto on ramfs not verified: {v}");
     let fb = &v["fallbacks"][0];
@@ -142,14 +130,14 @@ fn module_absent(c: &Ctx) -> TestResult {
     let ps = p.to_str().unwrap();
     let _reload = crate::kmod_tests::Reload(&c.ko);
     crate::kmod_tests::delete_module()?;
-    let o = run(&["stream", "--path", "direct", "--json", ps]);
+    let o = dmafile(&["stream", "--path", "direct", "--json", ps]);
     let err = String::from_utf8_lossy(&o.stderr);
     ensure!(
         o.status.code() == Some(2) && err.contains("module-absent"),
         "--path direct without the module: exit {:?}: {err}",
         o.status.code()
     );
-    let o = run(&["stream", "--verify", "--json", ps]);
+    let o = dmafile(&["stream", "--verify", "--json", ps]);
     let v = json(&o)?;
     ensure!(
         v["verified"] == true,
@@ -161,7 +149,7 @@ fn module_absent(c: &Ctx) -> TestResult {
         "fallbacks {}",
         v["fallbacks"]
     );
-    let o = run(&["info", "--json"]);
+    let o = dmafile(&["info", "--json"]);
     let v = json(&o)?;
     ensure!(
         v["module"]["loaded"] == false,
@@ -174,7 +162,7 @@ fn module_absent(c: &Ctx) -> TestResult {
 /// Streams `file` as nobody with RLIMIT_MEMLOCK = `memlock` bytes.
 fn stream_as_nobody(file: &std::path::Path, memlock: u64) -> Result<Value, String> {
     use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(cli());
+    let mut cmd = Command::new(sibling("dmafile"));
     cmd.args([
         "stream", "--verify", "--json", "--chunk", "1M", "--depth", "3",
     ])
@@ -238,7 +226,7 @@ fn memlock_falls_back(c: &Ctx) -> TestResult {
 fn heap_stream(c: &Ctx) -> TestResult {
     let bytes = data(2 * (1 << 20) + 5, 9);
     let p = write_file(c.fs("ext4")?, "heap.bin", &bytes);
-    let o = run(&[
+    let o = dmafile(&[
         "stream",
         "--path",
         "heap",
@@ -267,7 +255,7 @@ fn truncate_while_streaming(c: &Ctx) -> TestResult {
     let bytes = data(16 << 20, 10);
     let p = write_file(c.fs("tmpfs")?, "truncated.bin", &bytes);
     let want = crc_of(&bytes);
-    let child = Command::new(cli())
+    let child = Command::new(sibling("dmafile"))
         .args([
             "stream",
             "--path",
@@ -333,7 +321,7 @@ fn truncate_while_streaming(c: &Ctx) -> TestResult {
 fn cli_map(c: &Ctx) -> TestResult {
     let bytes = data(10_000, 11);
     let p = write_file(c.fs("xfs")?, "map.bin", &bytes);
-    let o = run(&["map", p.to_str().unwrap(), "--offset", "4096", "--json"]);
+    let o = dmafile(&["map", p.to_str().unwrap(), "--offset", "4096", "--json"]);
     let v = json(&o)?;
     let md = std::fs::metadata(&p)?;
     use std::os::unix::fs::MetadataExt;
@@ -345,7 +333,7 @@ fn cli_map(c: &Ctx) -> TestResult {
         v["ino"] == md.ino() && v["stale"] == false && v["writable"] == false,
         "map: {v}"
     );
-    let o = run(&["info", "--json"]);
+    let o = dmafile(&["info", "--json"]);
     let module = &json(&o)?["module"];
     ensure!(
         module["loaded"] == true
@@ -357,13 +345,13 @@ fn cli_map(c: &Ctx) -> TestResult {
             && module["memlock_limit"] == u64::MAX,
         "info's module section: {module}"
     );
-    let o = run(&["map", p.to_str().unwrap(), "--write"]);
+    let o = dmafile(&["map", p.to_str().unwrap(), "--write"]);
     let err = String::from_utf8_lossy(&o.stderr);
     ensure!(
         o.status.code() == Some(2) && err.contains("write-pin-not-allowed"),
         "map --write on xfs: {err}"
     );
-    let o = run(&["map", p.to_str().unwrap(), "--offset", "1"]);
+    let o = dmafile(&["map", p.to_str().unwrap(), "--offset", "1"]);
     let err = String::from_utf8_lossy(&o.stderr);
     ensure!(
         o.status.code() == Some(2) && err.contains("unaligned"),
@@ -375,7 +363,7 @@ fn cli_map(c: &Ctx) -> TestResult {
 fn bench_all_paths(c: &Ctx) -> TestResult {
     let bytes = data(4 << 20, 12);
     let p = write_file(c.fs("ext4")?, "bench.bin", &bytes);
-    let o = run(&["bench", p.to_str().unwrap(), "--runs", "1", "--json"]);
+    let o = dmafile(&["bench", p.to_str().unwrap(), "--runs", "1", "--json"]);
     let v = json(&o)?;
     let rows = v["paths"].as_array().ok_or("no paths in bench output")?;
     for want in ["direct", "host", "heap", "upload"] {
@@ -400,7 +388,7 @@ fn bench_all_paths(c: &Ctx) -> TestResult {
             "{want}: cpu_copied_bytes {copied:?}"
         );
     }
-    let human = run(&["bench", p.to_str().unwrap(), "--runs", "1"]);
+    let human = dmafile(&["bench", p.to_str().unwrap(), "--runs", "1"]);
     println!(
         "{}",
         String::from_utf8_lossy(&human.stdout)

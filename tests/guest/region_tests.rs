@@ -293,7 +293,7 @@ pub fn child_store_read_only(path: &Path) -> i32 {
 /// samples/safetensors-reduce on a generated model, every tensor read in
 /// place (several pieces each for the large ones) and checked on the CPU.
 fn safetensors_direct(c: &Ctx) -> TestResult {
-    let bin = std::env::current_exe()?.with_file_name("safetensors-reduce");
+    let bin = sibling("safetensors-reduce");
     for fs in ["ext4", "xfs", "btrfs", "tmpfs"] {
         let f = c.fs(fs)?.join("model.safetensors");
         let o = Command::new(&bin).arg("--generate").arg(&f).output()?;

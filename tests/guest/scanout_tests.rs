@@ -39,10 +39,6 @@ pub fn all() -> Vec<(String, TestFn)> {
     t
 }
 
-fn cli() -> PathBuf {
-    std::env::current_exe().unwrap().with_file_name("dmafile")
-}
-
 /// `frames` distinct XRGB8888 frames of `w`x`h`, `stride` bytes a row;
 /// row padding and the X byte hold bytes the display must not show.
 fn frames(w: u32, h: u32, stride: u32, frames: u32) -> Vec<u8> {
@@ -64,7 +60,7 @@ fn frames(w: u32, h: u32, stride: u32, frames: u32) -> Vec<u8> {
 }
 
 fn scanout(args: &[&str]) -> Result<(Output, Value), Box<dyn std::error::Error>> {
-    let o = Command::new(cli()).arg("scanout").args(args).output()?;
+    let o = dmafile(&[&["scanout"], args].concat());
     let v = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
     Ok((o, v))
 }
@@ -299,7 +295,7 @@ fn two_importers(c: &Ctx) -> TestResult {
 /// samples/scanout-play: `make` a test video on xfs, `play` it twice with
 /// `--verify`; every frame direct and every capture equal to the file.
 fn sample(c: &Ctx) -> TestResult {
-    let bin = std::env::current_exe()?.with_file_name("scanout-play");
+    let bin = sibling("scanout-play");
     let p = c.fs("xfs")?.join("sample.raw");
     let o = Command::new(&bin)
         .args([
@@ -391,22 +387,14 @@ fn close_orders(c: &Ctx) -> TestResult {
             match i {
                 0 => drop(f.take()),
                 1 => drop(b.take()),
-                _ => {
-                    // Without the off commit of Display's drop.
-                    let d = d.take().unwrap();
-                    close_display_now(d);
-                }
+                // As a crashing process would: without the off commit
+                // of Display's drop.
+                _ => d.take().unwrap().close_without_off(),
             }
         }
         nothing_pinned(c, &format!("after closing in order {order:?}"))?;
     }
     Ok(())
-}
-
-/// Closes a display's fd as a crashing process would, skipping the off
-/// commit its drop does.
-fn close_display_now(d: Display) {
-    d.close_without_off();
 }
 
 /// vkms.ko's path (tests/guest/inside.sh loads it from there); `offset_bug`:

@@ -6,6 +6,7 @@ use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::ptr::NonNull;
 
 use dmafile::kmod::Module;
@@ -41,6 +42,12 @@ pub struct Ctx {
     pmem: Vec<(String, PathBuf)>,
 }
 
+fn lookup<'a>(list: &'a [(String, PathBuf)], name: &str) -> Option<&'a Path> {
+    list.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_path())
+}
+
 impl Ctx {
     pub fn from_env() -> Result<Ctx, String> {
         let ko = std::env::var_os("DMAFILE_KO").ok_or("DMAFILE_KO is not set")?;
@@ -66,20 +73,12 @@ impl Ctx {
 
     /// The mount point of a test filesystem; a missing one is a failure.
     pub fn fs(&self, name: &str) -> Result<&Path, String> {
-        self.mounts
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_path())
-            .ok_or_else(|| format!("test filesystem {name} is not mounted"))
+        lookup(&self.mounts, name).ok_or_else(|| format!("test filesystem {name} is not mounted"))
     }
 
     /// The pmem block device under a DAX mount.
     pub fn pmem(&self, name: &str) -> Result<&Path, String> {
-        self.pmem
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_path())
-            .ok_or_else(|| format!("no pmem device for {name}"))
+        lookup(&self.pmem, name).ok_or_else(|| format!("no pmem device for {name}"))
     }
 
     pub fn module(&self) -> Module {
@@ -259,4 +258,20 @@ pub fn heap_dmabuf(len: u64) -> Result<OwnedFd, String> {
 pub fn unload_module(name: &str) -> Result<(), Errno> {
     let name = std::ffi::CString::new(name).unwrap();
     nix::kmod::delete_module(&name, nix::kmod::DeleteModuleFlags::O_NONBLOCK)
+}
+
+/// A binary built next to the test runner (the CLI, the samples).
+pub fn sibling(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .expect("the test runner's path")
+        .with_file_name(name)
+}
+
+/// Runs the `dmafile` CLI, without its progress bar.
+pub fn dmafile(args: &[&str]) -> Output {
+    Command::new(sibling("dmafile"))
+        .args(args)
+        .env("DMAFILE_NO_PROGRESS", "1")
+        .output()
+        .expect("run dmafile")
 }

@@ -420,45 +420,40 @@ fn scanout_refuses_bad_input_before_touching_a_display() {
     let dir = TempDir::new("scanout");
     let f = dir.file("frames.raw", &[7u8; 64 * 48 * 4 * 2]);
     let f = f.to_str().unwrap();
-    assert_refused(&["scanout", f, "--size", "64by48"], "\"64by48\" is not WxH");
-    assert_refused(
-        &["scanout", f, "--size", "0x48"],
-        "frame size 0x48 is empty",
-    );
-    assert_refused(
-        &["scanout", f, "--size", "64x48", "--stride", "100"],
-        "stride 100 is less than a row of 64 XRGB8888 pixels (256 bytes)",
-    );
-    assert_refused(
-        &["scanout", f, "--size", "64x48", "--format", "NV12"],
-        "NV12",
-    );
-    assert_refused(
-        &[
-            "scanout", f, "--size", "64x48", "--format", "RGB565", "--verify",
-        ],
-        "captures are compared exactly only for XRGB8888",
-    );
-    assert_refused(
-        &["scanout", f, "--size", "64x48", "--fps", "0"],
-        "0 is not a positive number of frames per second",
-    );
-    assert_refused(
-        &["scanout", f, "--size", "64x48", "--frames", "3"],
-        "3 frames asked for, but the file holds 2 whole 12288-byte frames",
-    );
-    assert_refused(
-        &["scanout", f, "--size", "640x480"],
-        "24576 bytes is less than one 640x480 XRGB8888 frame of 1228800 bytes",
-    );
-    assert_refused(
-        &["scanout", dir.0.to_str().unwrap(), "--size", "64x48"],
-        "not a regular file",
-    );
-    assert_refused(
-        &["scanout", "/nonexistent/x.raw", "--size", "64x48"],
-        "/nonexistent/x.raw",
-    );
+    let d = dir.0.to_str().unwrap();
+    let cases: [(&[&str], &str); 10] = [
+        (&[f, "--size", "64by48"], "\"64by48\" is not WxH"),
+        (&[f, "--size", "0x48"], "frame size 0x48 is empty"),
+        (
+            &[f, "--size", "64x48", "--stride", "100"],
+            "stride 100 is less than a row of 64 XRGB8888 pixels (256 bytes)",
+        ),
+        (&[f, "--size", "64x48", "--format", "NV12"], "NV12"),
+        (
+            &[f, "--size", "64x48", "--format", "RGB565", "--verify"],
+            "captures are compared exactly only for XRGB8888",
+        ),
+        (
+            &[f, "--size", "64x48", "--fps", "0"],
+            "0 is not a positive number of frames per second",
+        ),
+        (
+            &[f, "--size", "64x48", "--frames", "3"],
+            "3 frames asked for, but the file holds 2 whole 12288-byte frames",
+        ),
+        (
+            &[f, "--size", "640x480"],
+            "24576 bytes is less than one 640x480 XRGB8888 frame of 1228800 bytes",
+        ),
+        (&[d, "--size", "64x48"], "not a regular file"),
+        (
+            &["/nonexistent/x.raw", "--size", "64x48"],
+            "/nonexistent/x.raw",
+        ),
+    ];
+    for (args, needle) in cases {
+        assert_refused(&[&["scanout"], args].concat(), needle);
+    }
     // CI's host has no display at all: the error says so and which devices.
     if !std::path::Path::new("/dev/dri").exists() {
         assert_refused(
