@@ -18,31 +18,30 @@ if [ ! -x "$src/scripts/checkpatch.pl" ]; then
 fi
 
 status=0
+# checkpatch's output $1 for $2 (what was checked): its findings fail.
+report() {
+    if echo "$1" | grep -qE '(ERROR|WARNING|CHECK):'; then
+        echo "$1" | grep -E '(ERROR|WARNING|CHECK):'
+        echo "kmod-check: checkpatch --strict has findings in $2" >&2
+        status=1
+    else
+        echo "kmod-check: checkpatch --strict: $2, no findings"
+    fi
+}
+checkpatch() { "$src/scripts/checkpatch.pl" --strict --no-tree --terse --show-types "$@" 2>&1 || true; }
+
 # Paths relative to kmod/ so that checkpatch applies its include/uapi/ rules
 # to the ABI header, as it would in the kernel tree.
 cd "$here/kmod"
 mapfile -t files < <(git ls-files --cached --others --exclude-standard -- '*.c' '*.h')
-out=$("$src/scripts/checkpatch.pl" --strict --no-tree --terse --show-types -f "${files[@]}" 2>&1) || true
-cd "$here"
-if echo "$out" | grep -qE '(ERROR|WARNING|CHECK):'; then
-    echo "$out" | grep -E '(ERROR|WARNING|CHECK):'
-    echo "kmod-check: checkpatch --strict has findings" >&2
-    status=1
-else
-    echo "kmod-check: checkpatch --strict: ${#files[@]} files, no findings"
-fi
+report "$(checkpatch -f "${files[@]}")" "${#files[@]} files"
 
 # Our fixes of vkms (scripts/build-vkms.sh) as patches, the way the kernel
 # takes them (run outside our git tree: checkpatch consults git inside one).
 patches=("$here"/scripts/vkms-*.patch)
-out=$(cd "$src" && "$src/scripts/checkpatch.pl" --strict --no-tree --no-signoff --terse --show-types "${patches[@]}" 2>&1) || true
-if echo "$out" | grep -qE '(ERROR|WARNING|CHECK):'; then
-    echo "$out" | grep -E '(ERROR|WARNING|CHECK):'
-    echo "kmod-check: checkpatch --strict has findings in the vkms patches" >&2
-    status=1
-else
-    echo "kmod-check: checkpatch --strict: ${#patches[@]} vkms patches, no findings"
-fi
+cd "$src"
+report "$(checkpatch --no-signoff "${patches[@]}")" "${#patches[@]} vkms patches"
+cd "$here"
 
 # sparse: rebuild every object with the checker.
 out=$(make -s -C "$here/kmod" KDIR="$GUEST_KDIR" C=2 2>&1) || { echo "$out"; exit 1; }
