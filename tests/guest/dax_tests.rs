@@ -27,32 +27,28 @@ use crate::TestFn;
 
 const MIB: u64 = 1 << 20;
 
+/// A test run once per DAX filesystem.
+type PerFs = fn(&Ctx, &str) -> TestResult;
+
 pub fn all() -> Vec<(String, TestFn)> {
     let mut t: Vec<(String, TestFn)> = vec![(
         "dax/stream-direct".into(),
         Box::new(stream_direct) as TestFn,
     )];
+    let per_fs: [(&str, PerFs); 5] = [
+        ("map", map_dax),
+        ("holes", holes),
+        ("truncate-waits", truncate_waits),
+        ("held-mapping", held_mapping),
+        ("write-remount", write_remount),
+    ];
     for fs in DAX_FS {
-        t.push((
-            format!("dax/map/{fs}"),
-            Box::new(move |c: &Ctx| map_dax(c, fs)),
-        ));
-        t.push((
-            format!("dax/holes/{fs}"),
-            Box::new(move |c: &Ctx| holes(c, fs)),
-        ));
-        t.push((
-            format!("dax/truncate-waits/{fs}"),
-            Box::new(move |c: &Ctx| truncate_waits(c, fs)),
-        ));
-        t.push((
-            format!("dax/held-mapping/{fs}"),
-            Box::new(move |c: &Ctx| held_mapping(c, fs)),
-        ));
-        t.push((
-            format!("dax/write-remount/{fs}"),
-            Box::new(move |c: &Ctx| write_remount(c, fs)),
-        ));
+        for (name, f) in per_fs {
+            t.push((
+                format!("dax/{name}/{fs}"),
+                Box::new(move |c: &Ctx| f(c, fs)),
+            ));
+        }
     }
     t.push(("dax/not-dax-same-pmem".into(), Box::new(not_dax_same_pmem)));
     t
