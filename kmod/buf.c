@@ -11,7 +11,6 @@
 #include <linux/dma-mapping.h>
 #include <linux/fs.h>
 #include <linux/highmem.h>
-#include <linux/libnvdimm.h>
 #include <linux/mm.h>
 #include <linux/pagemap.h>
 #include <linux/scatterlist.h>
@@ -183,6 +182,13 @@ static int dmafile_mmap(struct dma_buf *dmabuf, struct vm_area_struct *vma)
 	if (!(vma->vm_flags & (VM_SHARED | VM_MAYSHARE)))
 		return -EINVAL;
 	/*
+	 * No importer executes file data, and executing it here would get
+	 * around a noexec mount: no PROT_EXEC, now or by mprotect() later.
+	 */
+	if (vma->vm_flags & VM_EXEC)
+		return -EPERM;
+	vm_flags_clear(vma, VM_MAYEXEC);
+	/*
 	 * Importers such as Mesa map every dma-buf PROT_READ | PROT_WRITE.
 	 * For a read-only buffer the mapping still succeeds, but without
 	 * write permission: a store faults instead of reaching the file.
@@ -224,28 +230,6 @@ static void dmafile_vunmap(struct dma_buf *dmabuf, struct iosys_map *map)
 	vunmap(map->vaddr);
 }
 
-/*
- * A device's writes to storage-direct pages may sit in CPU caches (CPU
- * importers, or DMA that lands in the last-level cache): write them back
- * to the media, so that they are as durable as the filesystem's next
- * fsync makes the file's metadata.
- */
-static void dmafile_flush_storage(struct dmafile_buf *buf)
-{
-#ifdef CONFIG_ARCH_HAS_PMEM_API
-	unsigned long i;
-
-	for (i = 0; i < buf->npages; i++) {
-		void *addr = kmap_local_page(buf->pages[i]);
-
-		arch_wb_cache_pmem(addr, PAGE_SIZE);
-		kunmap_local(addr);
-		if (!(i % 512))
-			cond_resched();
-	}
-#endif
-}
-
 /* Frees what is left of a buffer once nothing is pinned or held. */
 void dmafile_buf_destroy(struct dmafile_buf *buf)
 {
@@ -255,21 +239,26 @@ void dmafile_buf_destroy(struct dmafile_buf *buf)
 	kfree(buf);
 }
 
-void dmafile_buf_free(struct dmafile_buf *buf)
+/*
+ * Lets go of the buffer's pages: unpins page-cache pages (marking them
+ * dirty with @dirty, so that a WRITE buffer's data reaches the file), or
+ * releases a storage-direct buffer's hold on its file's layout.
+ */
+void dmafile_buf_put_pages(struct dmafile_buf *buf, bool dirty)
 {
-	if (dmafile_buf_writable(buf) &&
-	    buf->backing == DMAFILE_BACKING_STORAGE_DIRECT)
-		dmafile_flush_storage(buf);
-	/* Unpinning first lets a truncate waiting for the pages go on. */
-	if (dmafile_buf_writable(buf))
+	if (buf->backing == DMAFILE_BACKING_STORAGE_DIRECT)
+		dmafile_dax_release(buf);
+	else if (dirty)
 		unpin_user_pages_dirty_lock(buf->pages, buf->npages, true);
 	else
 		unpin_user_pages(buf->pages, buf->npages);
+}
+
+void dmafile_buf_free(struct dmafile_buf *buf)
+{
+	dmafile_buf_put_pages(buf, dmafile_buf_writable(buf));
 	dmafile_uncharge(&buf->charge);
-	if (buf->hold_mm)
-		dmafile_dax_release(buf);
-	else
-		dmafile_buf_destroy(buf);
+	dmafile_buf_destroy(buf);
 }
 
 static void dmafile_release(struct dma_buf *dmabuf)

@@ -4,43 +4,105 @@
  * a DAX mount (pmem, CXL memory): the storage's own memory, not page-cache
  * copies of it.
  *
- * Layout safety. The mm refuses FOLL_LONGTERM pins of fsdax pages, because
- * truncate and hole punch must wait for every pin of a block before they
- * free it: ext4_break_layouts() and xfs_break_dax_layouts() find pinned
- * pages with dax_layout_busy_page() and wait in TASK_INTERRUPTIBLE until
- * the pins are gone. dmafile pins without FOLL_LONGTERM and relies on that
- * wait. dax_layout_busy_page() only looks for pins while the file is
- * mapped somewhere (mapping_mapped()), since without a mapping nobody
- * could have pinned a page through user memory. So the mapping dmafile
- * pins through is not unmapped: it stays in the caller's address space
- * for the life of the dma-buf, sealed (as mseal() seals: no munmap,
- * mremap, mprotect or MAP_FIXED over it), not inherited by fork() and not
- * dumped. The dma-buf keeps the caller's mm alive (mmget) so that the
- * mapping outlives the caller if the dma-buf does. Release unpins first,
- * so that waiting layout changes go on at once, and then removes the
- * mapping from a worker.
+ * Block lifetime. A device reading or writing a file's blocks must never
+ * see them freed and handed to another file. The kernel's rule for users
+ * of fsdax pages -- every layout change waits in dax_layout_busy_page()
+ * until no page of the file is referenced -- does not hold in 6.12:
+ * XFS_IOC_SWAPEXT and EXT4_IOC_SWAP_BOOT move blocks without waiting
+ * (xfs_swap_extents(), swap_inode_boot_loader()), the wait only happens
+ * while the file is mapped somewhere (mapping_mapped()), and a truncate
+ * that waits holds i_rwsem, so everybody else's I/O on the file stalls
+ * behind it. So dmafile does not rely on the wait: it freezes the file's
+ * layout for as long as a storage-direct dma-buf of it lives, the way
+ * swapon(2) does for a swap file, whose blocks the kernel also addresses
+ * directly. The inode gets S_SWAPFILE, and every operation that can free
+ * or move its blocks refuses at once (6.12 sources):
  *
- * Deadlock. A fault on a DAX file takes the file's invalidate_lock, which
- * a layout change holds while it waits for pins, and the fault holds the
- * faulting mm's mmap_lock. Pinning with faults could therefore hold some
- * pins of this dma-buf while waiting for a layout change that waits for
- * those pins. dmafile never faults while it holds pins: it faults the
- * whole range in first, holding none, then pins with FOLL_NOFAULT, and if
- * a layout change zapped a page in between, drops its pins and starts
- * again (a bounded number of times).
+ *   truncate to a smaller size	inode_newsize_ok()		ETXTBSY
+ *   fallocate, any mode	vfs_fallocate()			ETXTBSY
+ *   reflink, dedupe (either end) __generic_remap_file_range_prep() ETXTBSY
+ *   copy_file_range into it	generic_copy_file_checks()	ETXTBSY
+ *   write(2), O_DIRECT writes	generic_write_checks_count()	ETXTBSY
+ *   mmap(MAP_SHARED, PROT_WRITE) do_mmap()			ETXTBSY
+ *   XFS_IOC_SWAPEXT		xfs_ioc_swapext()		EINVAL
+ *   XFS_IOC_EXCHANGE_RANGE	xfs_exchange_range_checks()	ETXTBSY
+ *   EXT4_IOC_MOVE_EXT		mext_check_arguments()		ETXTBSY
+ *   EXT4_IOC_SWAP_BOOT		swap_inode_boot_loader()	EINVAL
+ *   unlink, rename over it	may_delete(), vfs_rename()	EPERM
+ *
+ * Freeing blocks otherwise needs the inode to be evicted, which the
+ * dma-buf's reference to the file prevents. Growing the file (truncate
+ * up) is still allowed: it frees nothing.
+ *
+ * Operations that checked before the flag was set. vfs_fallocate() and
+ * xfs_ioc_swapext() look at S_SWAPFILE before they take i_rwsem, so one
+ * that passed its check just before the flag was set would go on. Both
+ * need a file open for writing. dmafile sets the flag under i_rwsem and
+ * then, after a full barrier that orders it against the atomic increments
+ * of opening for writing (get_write_access()) and of taking a reference to
+ * a file (fget()), checks that no such operation can be in flight: no
+ * file of the inode is open for writing except the caller's own, and that
+ * one is not shared or in use (its only references are the caller's fd and
+ * this call). Otherwise the request is refused with file-busy (ETXTBSY),
+ * and the runtime falls back to another path. The operations that check
+ * under i_rwsem (truncate, remap, exchange range, move extents, swap boot)
+ * are ordered by the lock itself.
+ *
+ * No page references. With the layout frozen, the pages stay the file's
+ * blocks without pins, so dmafile holds none: dax_layout_busy_page() never
+ * finds them busy and no layout change ever waits for a dma-buf. It holds a
+ * reference to each page's dev_pagemap instead, so that the memory stays
+ * while the dma-buf lives (unbinding the pmem device waits for it).
+ *
+ * Finding the pages. The range is mapped in the caller's address space for
+ * the duration of the ioctl only and faulted in with
+ * get_user_pages_remote(), holding mmap_lock and having checked that the
+ * mapping at that address is the one dmafile made, so that another thread
+ * of the caller cannot substitute another file's pages; the references GUP
+ * takes are dropped at once. The mapping is gone before the ioctl returns,
+ * so nothing of the caller's address space outlives the call. A read fault
+ * of a hole or unwritten extent maps the zero page, which is refused
+ * (dax-unbacked); a write fault allocates holes, converts unwritten
+ * extents and copies blocks shared by reflink, so a WRITE mapping gets
+ * blocks of the file's own. Blocks shared by reflink are mapped for
+ * reading as they are: they are reference-counted, so they stay while this
+ * file holds them, and a write through the other file copies them first.
+ *
+ * WRITE mappings change the layout while they fault (allocation, copy on
+ * write), which must not happen under another storage-direct dma-buf of
+ * the file, and mmap(PROT_WRITE) is refused once the flag is set: a WRITE
+ * mapping is made only while no other storage-direct dma-buf of the file
+ * lives, holding i_rwsem until its faults are done.
+ *
+ * Costs to other users of the file, while a storage-direct dma-buf lives:
+ * the operations in the table fail; a file open for writing elsewhere
+ * cannot be mapped storage-direct. Reads, read-only mmaps and stat are
+ * unaffected.
  */
-#include <linux/kthread.h>
+#include <linux/fdtable.h>
+#include <linux/fs.h>
+#include <linux/hashtable.h>
+#include <linux/highmem.h>
+#include <linux/libnvdimm.h>
+#include <linux/memremap.h>
 #include <linux/mm.h>
 #include <linux/mman.h>
 #include <linux/sched/mm.h>
 #include <linux/sched/signal.h>
+#include <linux/slab.h>
 #include <linux/workqueue.h>
 
 #include "internal.h"
 
-/* Rounds of fault-in-then-pin before a range that keeps changing is refused. */
-#define DMAFILE_DAX_TRIES 8
+/* An inode whose layout storage-direct dma-bufs hold frozen. */
+struct dmafile_claim {
+	struct hlist_node node;
+	struct inode *inode;
+	unsigned long count;	/* dma-bufs; changed under the inode's i_rwsem */
+};
 
+static DEFINE_HASHTABLE(dmafile_claims, 6);
+static DEFINE_SPINLOCK(dmafile_claims_lock);
 static struct workqueue_struct *dmafile_dax_wq;
 
 int dmafile_dax_init(void)
@@ -49,188 +111,370 @@ int dmafile_dax_init(void)
 	return dmafile_dax_wq ? 0 : -ENOMEM;
 }
 
-/* Runs after the last dma-buf is released: waits for their removals. */
+/* Runs after the last dma-buf is released: waits for deferred unclaims. */
 void dmafile_dax_exit(void)
 {
 	destroy_workqueue(dmafile_dax_wq);
+	WARN_ON(!hash_empty(dmafile_claims));
 }
 
-/* Is @vma exactly the buffer's mapping of its range at @addr? */
-static bool dmafile_dax_is_held(const struct vm_area_struct *vma,
-				const struct dmafile_buf *buf,
-				unsigned long addr)
+static struct dmafile_claim *dmafile_claim_find(struct inode *inode)
 {
-	return vma && vma->vm_start == addr &&
-	       vma->vm_end == addr + (buf->npages << PAGE_SHIFT) &&
-	       vma->vm_file == buf->file;
+	struct dmafile_claim *c;
+
+	lockdep_assert_held(&dmafile_claims_lock);
+	hash_for_each_possible(dmafile_claims, c, node, (unsigned long)inode)
+		if (c->inode == inode)
+			return c;
+	return NULL;
 }
 
 /*
- * Maps the buffer's range for pinning and seals the mapping, so that it
- * stays until dmafile_dax_unhold(). The mapping is made between two guard
- * pages so that vm_mmap() cannot merge it with a neighbouring mapping of
- * the same file (the caller's own, or another thread's that is not yet
- * sealed); once sealed its flags differ from any mapping made later.
- * Returns 0, or the errno of the mmap (-EBUSY when another thread of the
- * caller replaced the mapping before it was sealed).
+ * Can no operation that checks S_SWAPFILE before taking i_rwsem be past its
+ * check? Each needs a file of the inode open for writing. When the caller's
+ * own file is one, it must be the only one, and nobody else may be using
+ * it: its references must be exactly the caller's fd (@fd, still in the fd
+ * table), this call's and the temporary mapping's at @addr. Called after
+ * S_SWAPFILE is set and a full barrier: an operation that takes a
+ * reference or write access later sees the flag.
  */
-static int dmafile_dax_hold(struct dmafile_buf *buf, loff_t offset)
+static bool dmafile_dax_no_writer_in_flight(struct file *file, int fd,
+					    unsigned long addr)
 {
-	unsigned long len = buf->npages << PAGE_SHIFT;
-	unsigned long prot = PROT_READ |
-		(dmafile_buf_writable(buf) ? PROT_WRITE : 0);
+	struct files_struct *files = current->files;
 	struct mm_struct *mm = current->mm;
 	struct vm_area_struct *vma;
-	unsigned long base, addr;
-	bool ours;
+	bool ok;
 
-	base = vm_mmap(NULL, 0, len + 2 * PAGE_SIZE, PROT_NONE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, 0);
-	if (IS_ERR_VALUE(base))
-		return (long)base;
-	addr = vm_mmap(buf->file, base + PAGE_SIZE, len, prot,
-		       MAP_SHARED | MAP_FIXED, offset);
-	if (IS_ERR_VALUE(addr)) {
-		vm_munmap(base, len + 2 * PAGE_SIZE);
-		return (long)addr;
-	}
-	if (mmap_write_lock_killable(mm)) {
-		vm_munmap(base, len + 2 * PAGE_SIZE);
-		return -EINTR;
-	}
-	vma = find_vma(mm, addr);
-	ours = dmafile_dax_is_held(vma, buf, addr);
-	/* VM_DONTEXPAND is one of VM_SPECIAL: never merged from now on. */
-	if (ours)
-		vm_flags_set(vma, VM_SEALED | VM_DONTCOPY | VM_DONTDUMP |
-			     VM_DONTEXPAND);
-	mmap_write_unlock(mm);
+	if (!(file->f_mode & FMODE_WRITER))
+		return atomic_read(&file_inode(file)->i_writecount) <= 0;
+	if (atomic_read(&file_inode(file)->i_writecount) != 1)
+		return false;
+	mmap_read_lock(mm);
+	vma = vma_lookup(mm, addr);
+	ok = vma && vma->vm_start == addr && vma->vm_file == file;
+	spin_lock(&files->file_lock);
+	ok = ok && files_lookup_fd_locked(files, fd) == file &&
+	     file_count(file) == 3;
+	spin_unlock(&files->file_lock);
+	mmap_read_unlock(mm);
+	return ok;
+}
+
+/*
+ * Freezes the layout of the buffer's inode for the life of the buffer.
+ * Called with the inode's i_rwsem held for writing and the range mapped at
+ * @addr from the caller's @fd. Returns a refusal reason, or
+ * DMAFILE_REASON_NONE with the claim counted (*fresh used or not).
+ */
+static u32 dmafile_dax_claim(struct dmafile_buf *buf, int fd,
+			     unsigned long addr, struct dmafile_claim **fresh)
+{
+	struct inode *inode = file_inode(buf->file);
+	struct dmafile_claim *c;
+
 	/*
-	 * The guards go either way: a sealed mapping no longer needs them,
-	 * and one another thread replaced is left to whoever mapped it.
+	 * A truncate may have shrunk the file since the request was checked
+	 * (it takes i_rwsem, so the size holds still now): a range no longer
+	 * inside the file is refused, not faulted past EOF.
 	 */
-	vm_munmap(base, PAGE_SIZE);
-	vm_munmap(addr + len, PAGE_SIZE);
-	if (!ours)
-		return -EBUSY;
-	mmget(mm);
-	buf->hold_mm = mm;
-	buf->hold_addr = addr;
+	if (buf->index + buf->npages > dmafile_eof_index(buf))
+		return DMAFILE_REASON_FILE_CHANGED;
+	spin_lock(&dmafile_claims_lock);
+	c = dmafile_claim_find(inode);
+	if (c) {
+		/*
+		 * The flag has been set, with no writer in flight, ever since
+		 * c was made. A WRITE mapping's faults would change the
+		 * layout under c's dma-bufs.
+		 */
+		if (dmafile_buf_writable(buf)) {
+			spin_unlock(&dmafile_claims_lock);
+			return DMAFILE_REASON_FILE_BUSY;
+		}
+		c->count++;
+		spin_unlock(&dmafile_claims_lock);
+		return DMAFILE_REASON_NONE;
+	}
+	spin_unlock(&dmafile_claims_lock);
+	/* An active swap file: its blocks are the swap subsystem's. */
+	if (IS_SWAPFILE(inode))
+		return DMAFILE_REASON_FILE_BUSY;
+	inode->i_flags |= S_SWAPFILE;
+	/* Pairs with get_write_access() and fget(): see the header. */
+	smp_mb();
+	if (!dmafile_dax_no_writer_in_flight(buf->file, fd, addr)) {
+		inode->i_flags &= ~S_SWAPFILE;
+		return DMAFILE_REASON_FILE_BUSY;
+	}
+	c = *fresh;
+	*fresh = NULL;
+	c->inode = inode;
+	c->count = 1;
+	spin_lock(&dmafile_claims_lock);
+	hash_add(dmafile_claims, &c->node, (unsigned long)inode);
+	spin_unlock(&dmafile_claims_lock);
+	return DMAFILE_REASON_NONE;
+}
+
+/* Undoes one dmafile_dax_claim(). Called with the inode's i_rwsem held. */
+static void dmafile_dax_unclaim(struct inode *inode)
+{
+	struct dmafile_claim *c;
+
+	spin_lock(&dmafile_claims_lock);
+	c = dmafile_claim_find(inode);
+	if (WARN_ON(!c)) {
+		spin_unlock(&dmafile_claims_lock);
+		return;
+	}
+	if (!--c->count) {
+		hash_del(&c->node);
+		inode->i_flags &= ~S_SWAPFILE;
+	} else {
+		c = NULL;
+	}
+	spin_unlock(&dmafile_claims_lock);
+	kfree(c);
+}
+
+/*
+ * Faults in the buffer's range, mapped at @addr, and records its pages,
+ * keeping no references to them. mmap_lock is held around each batch, with
+ * the mapping checked first to be ours, so that the pages are this file's
+ * at the buffer's offsets. Returns 0, or an errno with *done pages done.
+ */
+static int dmafile_dax_fault_in(struct dmafile_buf *buf, unsigned long addr,
+				unsigned long *done)
+{
+	unsigned int gup = dmafile_buf_writable(buf) ? FOLL_WRITE : 0;
+	unsigned long len = buf->npages << PAGE_SHIFT;
+	struct mm_struct *mm = current->mm;
+	struct vm_area_struct *vma;
+	long i, ret;
+
+	while (*done < buf->npages) {
+		unsigned long n = min_t(unsigned long, buf->npages - *done,
+					DMAFILE_PIN_BATCH);
+
+		if (fatal_signal_pending(current))
+			return -EINTR;
+		if (mmap_read_lock_killable(mm))
+			return -EINTR;
+		vma = vma_lookup(mm, addr);
+		if (!vma || vma->vm_start != addr || vma->vm_end != addr + len ||
+		    vma->vm_file != buf->file || vma->vm_pgoff != buf->index) {
+			mmap_read_unlock(mm);
+			return -EBUSY;
+		}
+		/* No @locked: GUP keeps mmap_lock, so the mapping stays ours. */
+		ret = get_user_pages_remote(mm, addr + (*done << PAGE_SHIFT), n,
+					    gup, buf->pages + *done, NULL);
+		mmap_read_unlock(mm);
+		if (ret <= 0)
+			return ret ? ret : -EFAULT;
+		for (i = 0; i < ret; i++)
+			put_page(buf->pages[*done + i]);
+		*done += ret;
+		cond_resched();
+	}
 	return 0;
 }
 
-/*
- * Unseals and unmaps the buffer's held mapping, and drops the mm. Runs in
- * the mm's own process or in a worker that has adopted the mm. Between the
- * unseal and the unmap, only the mm's own threads could replace the
- * mapping, and they would unmap their own.
- */
-static void dmafile_dax_unhold(struct dmafile_buf *buf)
+/* The refusal for an errno of dmafile_dax_fault_in(). */
+static u32 dmafile_dax_fault_reason(int err)
 {
-	unsigned long len = buf->npages << PAGE_SHIFT;
-	struct mm_struct *mm = buf->hold_mm;
-	struct vm_area_struct *vma;
-	bool ours;
-
-	mmap_write_lock(mm);
-	vma = find_vma(mm, buf->hold_addr);
-	ours = dmafile_dax_is_held(vma, buf, buf->hold_addr) &&
-	       (vma->vm_flags & VM_SEALED);
-	if (ours)
-		vm_flags_clear(vma, VM_SEALED);
-	mmap_write_unlock(mm);
-	if (ours)
-		vm_munmap(buf->hold_addr, len);
-	buf->hold_mm = NULL;
-	mmput(mm);
-}
-
-/*
- * Maps and pins the storage-direct buffer's range at file @offset into
- * buf->pages, holding the mapping on success. Returns 0, or an errno with
- * *done pages still pinned for dmafile_pin() to judge and drop: -EAGAIN
- * when the range changed under every try. When nothing could be mapped
- * (nothing is held), the errno is the mmap's.
- */
-int dmafile_dax_pin(struct dmafile_buf *buf, loff_t offset,
-		    unsigned long *done)
-{
-	unsigned int gup = dmafile_buf_writable(buf) ? FOLL_WRITE : 0;
-	unsigned long addr;
-	int tries, ret;
-
-	ret = dmafile_dax_hold(buf, offset);
-	if (ret)
-		return ret;
-	addr = buf->hold_addr;
-	for (tries = 1;; tries++) {
-		struct inode *inode = file_inode(buf->file);
-		struct timespec64 ctime = inode_get_ctime(inode), now;
-		loff_t size = i_size_read(inode);
-		unsigned long faulted = 0;
-
-		ret = dmafile_gup(buf, addr, gup, true, &faulted);
-		if (!ret) {
-			ret = dmafile_gup(buf, addr, gup | FOLL_NOFAULT, false,
-					  done);
-			/* -EFAULT: a layout change zapped a page since. */
-			if (ret != -EFAULT)
-				return ret;
-			unpin_user_pages(buf->pages, *done);
-			*done = 0;
-		} else if (ret == -EFAULT) {
-			/*
-			 * A fault fails past EOF: after a truncate (and
-			 * re-extension) try again; with the file unchanged
-			 * it is the storage's error.
-			 */
-			now = inode_get_ctime(inode);
-			if (timespec64_equal(&ctime, &now) &&
-			    size == i_size_read(inode))
-				return ret;
-		} else {
-			return ret;
-		}
-		if (tries == DMAFILE_DAX_TRIES)
-			return -EAGAIN;
+	switch (err) {
+	case -EINTR:
+		return DMAFILE_REASON_INTERRUPTED;
+	case -ENOMEM:
+		return DMAFILE_REASON_NO_MEMORY;
+	case -EBUSY:
+		/* Another thread of the caller replaced the mapping. */
+		return DMAFILE_REASON_FILE_CHANGED;
 	}
-}
-
-/* Undoes a dmafile_dax_pin() that left nothing pinned, in the caller. */
-void dmafile_dax_pin_failed(struct dmafile_buf *buf)
-{
-	if (buf->hold_mm)
-		dmafile_dax_unhold(buf);
-}
-
-static void dmafile_dax_free_work(struct work_struct *work)
-{
-	struct dmafile_buf *buf = container_of(work, struct dmafile_buf,
-					       free_work);
-	struct mm_struct *mm = buf->hold_mm;
-
-	/* The mm cannot have gone: the buffer holds a user of it. */
-	kthread_use_mm(mm);
-	dmafile_dax_unhold(buf);
-	kthread_unuse_mm(mm);
-	dmafile_buf_destroy(buf);
+	/* A fault failed: a media error, or no space for a WRITE's holes. */
+	return DMAFILE_REASON_IO_ERROR;
 }
 
 /*
- * The rest of releasing a storage-direct buffer whose pages are unpinned.
- * dma-buf release runs from __fput(), holding no locks: in the process
- * that owns the mm, the mapping goes at once, so that the file is not
- * busy once the dma-buf is closed. Anywhere else (another process, an
- * exiting task, which has dropped its mm, a kernel thread) a worker
- * adopts the mm to remove it.
+ * Takes a dev_pagemap reference for each page, which must be the storage's
+ * (a hole or unwritten extent read-faults the zero page). On failure
+ * nothing is held.
+ */
+static u32 dmafile_dax_hold_pages(struct dmafile_buf *buf)
+{
+	struct dev_pagemap *pgmap = NULL;
+	u32 reason = DMAFILE_REASON_NONE;
+	unsigned long i, npages = buf->npages;
+
+	for (i = 0; i < npages; i++) {
+		struct page *page = buf->pages[i];
+
+		if (!is_zone_device_page(page)) {
+			reason = DMAFILE_REASON_DAX_UNBACKED;
+			break;
+		}
+		/* One reference per page; put_pages drops page->pgmap's. */
+		if (pgmap && pgmap == page->pgmap) {
+			percpu_ref_get(&pgmap->ref);
+		} else {
+			pgmap = get_dev_pagemap(page_to_pfn(page), NULL);
+			if (!pgmap) {
+				/* The device is going away. */
+				reason = DMAFILE_REASON_IO_ERROR;
+				break;
+			}
+		}
+	}
+	if (reason) {
+		buf->npages = i;
+		dmafile_dax_put_pages(buf);
+		buf->npages = npages;
+	}
+	return reason;
+}
+
+/*
+ * A device's writes to storage-direct pages may sit in CPU caches (CPU
+ * importers, or DMA that lands in the last-level cache): write them back
+ * to the media, so that they are as durable as the filesystem's next
+ * fsync makes the file's metadata.
+ */
+static void dmafile_dax_flush(struct dmafile_buf *buf)
+{
+#ifdef CONFIG_ARCH_HAS_PMEM_API
+	unsigned long i;
+
+	for (i = 0; i < buf->npages; i++) {
+		void *addr = kmap_local_page(buf->pages[i]);
+
+		arch_wb_cache_pmem(addr, PAGE_SIZE);
+		kunmap_local(addr);
+		if (!(i % DMAFILE_PIN_BATCH))
+			cond_resched();
+	}
+#endif
+}
+
+void dmafile_dax_put_pages(struct dmafile_buf *buf)
+{
+	unsigned long i;
+
+	for (i = 0; i < buf->npages; i++)
+		put_dev_pagemap(buf->pages[i]->pgmap);
+}
+
+/* A claim to drop once the inode's i_rwsem can be taken. */
+struct dmafile_unclaim {
+	struct work_struct work;
+	struct file *file;
+};
+
+static void dmafile_dax_unclaim_work(struct work_struct *work)
+{
+	struct dmafile_unclaim *u = container_of(work, struct dmafile_unclaim,
+						 work);
+	struct inode *inode = file_inode(u->file);
+
+	inode_lock(inode);
+	dmafile_dax_unclaim(inode);
+	inode_unlock(inode);
+	fput(u->file);
+	kfree(u);
+}
+
+/*
+ * Drops a claim of @file's inode. i_rwsem is taken killably: if a fatal
+ * signal is pending (an exiting process closing its files), a worker drops
+ * the claim instead, so that the caller never sleeps unkillably.
+ */
+static void dmafile_dax_unclaim_file(struct file *file)
+{
+	struct inode *inode = file_inode(file);
+	struct dmafile_unclaim *u;
+
+	if (!down_write_killable(&inode->i_rwsem)) {
+		dmafile_dax_unclaim(inode);
+		inode_unlock(inode);
+		return;
+	}
+	u = kmalloc(sizeof(*u), GFP_KERNEL | __GFP_NOFAIL);
+	/* The worker's own reference: the caller may free its file now. */
+	u->file = get_file(file);
+	INIT_WORK(&u->work, dmafile_dax_unclaim_work);
+	queue_work(dmafile_dax_wq, &u->work);
+}
+
+/*
+ * Fills buf->pages with the storage's pages of the range at file @offset,
+ * which the caller passed as @fd, and freezes the file's layout until
+ * dmafile_dax_release(). Returns a refusal reason; for
+ * DMAFILE_REASON_MAP_FAILED, *mmap_err is the errno of the mmap. On failure
+ * nothing is held.
+ */
+u32 dmafile_dax_map(struct dmafile_buf *buf, int fd, loff_t offset,
+		    int *mmap_err)
+{
+	struct inode *inode = file_inode(buf->file);
+	bool write = dmafile_buf_writable(buf);
+	unsigned long len = buf->npages << PAGE_SHIFT;
+	struct dmafile_claim *fresh;
+	unsigned long addr, done = 0;
+	u32 reason;
+	int ret;
+
+	fresh = kzalloc(sizeof(*fresh), GFP_KERNEL);
+	if (!fresh)
+		return DMAFILE_REASON_NO_MEMORY;
+	/* Before the claim: mmap refuses PROT_WRITE once the flag is set. */
+	addr = vm_mmap(buf->file, 0, len, PROT_READ | (write ? PROT_WRITE : 0),
+		       MAP_SHARED, offset);
+	if (IS_ERR_VALUE(addr)) {
+		kfree(fresh);
+		if ((long)addr == -ETXTBSY)
+			return DMAFILE_REASON_FILE_BUSY;
+		*mmap_err = (long)addr;
+		return DMAFILE_REASON_MAP_FAILED;
+	}
+	if (down_write_killable(&inode->i_rwsem)) {
+		reason = DMAFILE_REASON_INTERRUPTED;
+		goto out_unmap;
+	}
+	reason = dmafile_dax_claim(buf, fd, addr, &fresh);
+	if (reason) {
+		inode_unlock(inode);
+		goto out_unmap;
+	}
+	/* A WRITE's faults change the layout: no other claim meanwhile. */
+	if (!write)
+		inode_unlock(inode);
+	ret = dmafile_dax_fault_in(buf, addr, &done);
+	reason = ret ? dmafile_dax_fault_reason(ret) :
+		       dmafile_dax_hold_pages(buf);
+	if (write) {
+		if (reason)
+			dmafile_dax_unclaim(inode);
+		inode_unlock(inode);
+	} else if (reason) {
+		dmafile_dax_unclaim_file(buf->file);
+	}
+out_unmap:
+	vm_munmap(addr, len);
+	kfree(fresh);
+	return reason;
+}
+
+/*
+ * Releasing a storage-direct buffer (from __fput(), holding no locks):
+ * drops the pagemap references, writes the CPU caches back to the media
+ * for a WRITE buffer, and unfreezes the file's layout. The buffer's file
+ * is the caller's to drop.
  */
 void dmafile_dax_release(struct dmafile_buf *buf)
 {
-	if (current->mm == buf->hold_mm) {
-		dmafile_dax_unhold(buf);
-		dmafile_buf_destroy(buf);
-		return;
-	}
-	INIT_WORK(&buf->free_work, dmafile_dax_free_work);
-	queue_work(dmafile_dax_wq, &buf->free_work);
+	if (dmafile_buf_writable(buf))
+		dmafile_dax_flush(buf);
+	dmafile_dax_put_pages(buf);
+	dmafile_dax_unclaim_file(buf->file);
 }

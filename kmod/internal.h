@@ -40,10 +40,6 @@ struct dmafile_buf {
 	struct mutex lock;	/* attachments, vaddr */
 	struct list_head attachments;
 	void *vaddr;
-	/* Storage-direct: the sealed mapping kept while the buffer lives. */
-	struct mm_struct *hold_mm;	/* mmget() held; NULL when none */
-	unsigned long hold_addr;
-	struct work_struct free_work;
 };
 
 static inline bool dmafile_buf_writable(const struct dmafile_buf *buf)
@@ -76,6 +72,7 @@ static inline pgoff_t dmafile_eof_index(const struct dmafile_buf *buf)
 
 /* buf.c: the dma_buf_ops; release() frees the buffer. */
 extern const struct dma_buf_ops dmafile_dmabuf_ops;
+void dmafile_buf_put_pages(struct dmafile_buf *buf, bool dirty);
 void dmafile_buf_free(struct dmafile_buf *buf);
 void dmafile_buf_destroy(struct dmafile_buf *buf);
 
@@ -85,17 +82,15 @@ void dmafile_buf_destroy(struct dmafile_buf *buf);
 /* dax.c: storage-direct buffers, whose pages are a DAX file's blocks. */
 int dmafile_dax_init(void);
 void dmafile_dax_exit(void);
-int dmafile_dax_pin(struct dmafile_buf *buf, loff_t offset,
-		    unsigned long *done);
-void dmafile_dax_pin_failed(struct dmafile_buf *buf);
+u32 dmafile_dax_map(struct dmafile_buf *buf, int fd, loff_t offset,
+		    int *mmap_err);
+void dmafile_dax_put_pages(struct dmafile_buf *buf);
 void dmafile_dax_release(struct dmafile_buf *buf);
 
 /* map.c: making dma-bufs, and their status. */
 int dmafile_refuse(struct dmafile_map *m, u32 reason);
 int dmafile_map_file(struct dmafile_map *m, struct dma_buf **dmabuf);
 int dmafile_buf_status(struct dma_buf *dmabuf, struct dmafile_status *st);
-int dmafile_gup(struct dmafile_buf *buf, unsigned long addr, unsigned int gup,
-		bool fault_only, unsigned long *done);
 
 /* main.c */
 bool dmafile_fs_allowed(const char *fs_name);

@@ -12,9 +12,8 @@
  *
  * Files on DAX mounts are the exception (storage-direct backing): their
  * pages are the storage's own memory, which the mm refuses to pin
- * FOLL_LONGTERM. dax.c pins them without it, keeps the mapping it pinned
- * through so that truncate and hole punch wait for the pins, and never
- * faults while holding pins (docs/kmod.md, "Storage-direct").
+ * FOLL_LONGTERM. dax.c freezes such a file's layout instead (docs/kmod.md,
+ * "Storage-direct").
  */
 #include <linux/fcntl.h>
 #include <linux/file.h>
@@ -25,6 +24,7 @@
 #include <linux/sched/signal.h>
 #include <linux/shmem_fs.h>
 #include <linux/slab.h>
+#include <linux/string.h>
 
 #include "internal.h"
 
@@ -52,6 +52,7 @@ static const int dmafile_reason_errno[] = {
 	[DMAFILE_REASON_NO_MEMORY] = ENOMEM,
 	[DMAFILE_REASON_INTERRUPTED] = EINTR,
 	[DMAFILE_REASON_DAX_UNBACKED] = ENODATA,
+	[DMAFILE_REASON_FILE_BUSY] = ETXTBSY,
 	/* MAP_FAILED carries the errno the filesystem or LSM gave instead. */
 };
 
@@ -82,15 +83,6 @@ static u32 dmafile_pin_reason(struct dmafile_buf *buf, int err,
 	case -EOPNOTSUPP:
 		return DMAFILE_REASON_FS_NOT_SUPPORTED;
 	}
-	/*
-	 * DAX (dmafile_dax_pin()): -EAGAIN, the layout kept changing between
-	 * fault-in and pin; -EFAULT, a fault inside the file failed on a
-	 * media error or for want of space for a hole's blocks.
-	 */
-	if (buf->backing == DMAFILE_BACKING_STORAGE_DIRECT)
-		return err == -EAGAIN ||
-		       buf->index + buf->npages > dmafile_eof_index(buf) ?
-			DMAFILE_REASON_FILE_CHANGED : DMAFILE_REASON_IO_ERROR;
 	if (index >= dmafile_eof_index(buf))
 		return DMAFILE_REASON_FILE_CHANGED;
 	/* shmem has no read_folio, and no read errors to find. */
@@ -105,40 +97,22 @@ static u32 dmafile_pin_reason(struct dmafile_buf *buf, int err,
 }
 
 /*
- * A DAX read fault on a hole or an unwritten extent maps the zero page
- * (or the huge zero folio), which is ordinary memory, not the storage's
- * ZONE_DEVICE pages; a block shared by reflink is marked
- * PAGE_MAPPING_DAX_SHARED. None is storage the file owns.
+ * Pins the pages mapped at @addr into buf->pages, in batches between signal
+ * checks. Returns 0 when all are pinned, or an errno with *done pinned.
  */
-static bool dmafile_dax_unbacked(struct page *page)
-{
-	return !is_zone_device_page(page) ||
-	       READ_ONCE(page_folio(page)->mapping) == PAGE_MAPPING_DAX_SHARED;
-}
-
-/*
- * Runs GUP over the buffer's pages mapped at @addr from index *done on, in
- * batches between signal checks: pins them into buf->pages, or with
- * @fault_only faults them in without taking references. Returns 0 when
- * all are done, or an errno with *done pages done.
- */
-int dmafile_gup(struct dmafile_buf *buf, unsigned long addr, unsigned int gup,
-		bool fault_only, unsigned long *done)
+static int dmafile_gup(struct dmafile_buf *buf, unsigned long addr,
+		       unsigned int gup, unsigned long *done)
 {
 	long ret;
 
 	while (*done < buf->npages) {
-		unsigned long start = addr + (*done << PAGE_SHIFT);
 		unsigned long n = min_t(unsigned long, buf->npages - *done,
 					DMAFILE_PIN_BATCH);
 
 		if (fatal_signal_pending(current))
 			return -EINTR;
-		if (fault_only)
-			ret = get_user_pages_unlocked(start, n, NULL, gup);
-		else
-			ret = pin_user_pages_fast(start, n, gup,
-						  buf->pages + *done);
+		ret = pin_user_pages_fast(addr + (*done << PAGE_SHIFT), n, gup,
+					  buf->pages + *done);
 		/* -EAGAIN: a fatal signal interrupted taking mmap_lock. */
 		if (ret == -EAGAIN)
 			return -EINTR;
@@ -151,67 +125,52 @@ int dmafile_gup(struct dmafile_buf *buf, unsigned long addr, unsigned int gup,
 }
 
 /*
- * Pins the buffer's range of its file into buf->pages, all or nothing.
- * On success buf->pages holds one pin per page. Returns a refusal reason;
- * for DMAFILE_REASON_MAP_FAILED, *mmap_err is the errno vm_mmap gave.
+ * Pins the buffer's range of its file's page cache into buf->pages, all or
+ * nothing. On success buf->pages holds one pin per page. Returns a refusal
+ * reason; for DMAFILE_REASON_MAP_FAILED, *mmap_err is the errno vm_mmap
+ * gave.
  */
 static u32 dmafile_pin(struct dmafile_buf *buf, loff_t offset, int *mmap_err)
 {
 	bool write = dmafile_buf_writable(buf);
-	bool dax = buf->backing == DMAFILE_BACKING_STORAGE_DIRECT;
 	unsigned long len = buf->npages << PAGE_SHIFT;
 	unsigned long addr, done = 0, i;
 	u32 reason = DMAFILE_REASON_NONE;
 	pgoff_t eof_index;
 	int ret;
 
-	if (dax) {
-		/* Storage-direct keeps its mapping: see dax.c. */
-		ret = dmafile_dax_pin(buf, offset, &done);
-		if (ret && !buf->hold_mm) {
-			if (ret == -EINTR)
-				return DMAFILE_REASON_INTERRUPTED;
-			*mmap_err = ret;
-			return DMAFILE_REASON_MAP_FAILED;
-		}
-	} else {
-		addr = vm_mmap(buf->file, 0, len,
-			       PROT_READ | (write ? PROT_WRITE : 0),
-			       MAP_SHARED, offset);
-		if (IS_ERR_VALUE(addr)) {
-			*mmap_err = (long)addr;
-			return DMAFILE_REASON_MAP_FAILED;
-		}
-		ret = dmafile_gup(buf, addr, FOLL_LONGTERM |
-				  (write ? FOLL_WRITE : 0), false, &done);
-		vm_munmap(addr, len);
+	addr = vm_mmap(buf->file, 0, len, PROT_READ | (write ? PROT_WRITE : 0),
+		       MAP_SHARED, offset);
+	if (IS_ERR_VALUE(addr)) {
+		*mmap_err = (long)addr;
+		return DMAFILE_REASON_MAP_FAILED;
 	}
+	ret = dmafile_gup(buf, addr, FOLL_LONGTERM | (write ? FOLL_WRITE : 0),
+			  &done);
+	vm_munmap(addr, len);
 
-	if (ret) {
+	if (ret)
 		reason = dmafile_pin_reason(buf, ret, done);
-	} else {
+	/*
+	 * The temporary mapping belonged to the caller, whose other threads
+	 * could have replaced it, and the file may have been truncated
+	 * meanwhile: keep only pages that are the file's.
+	 */
+	eof_index = dmafile_eof_index(buf);
+	for (i = 0; !reason && i < done; i++) {
+		if (!dmafile_page_current(buf, i, eof_index))
+			reason = DMAFILE_REASON_FILE_CHANGED;
 		/*
-		 * The temporary mapping belonged to the caller, whose other
-		 * threads could have replaced it, and the file may have been
-		 * truncated meanwhile: keep only pages that are the file's.
+		 * A pinned large folio cannot be split: a truncation inside it
+		 * zeroes its tail and leaves it in the page cache, so stores
+		 * made past the new end of file would come back when the file
+		 * grows again. Writable pins are of small folios only.
 		 */
-		eof_index = dmafile_eof_index(buf);
-		for (i = 0; i < done; i++) {
-			if (dax && dmafile_dax_unbacked(buf->pages[i])) {
-				reason = DMAFILE_REASON_DAX_UNBACKED;
-				break;
-			}
-			if (!dmafile_page_current(buf, i, eof_index)) {
-				reason = DMAFILE_REASON_FILE_CHANGED;
-				break;
-			}
-		}
+		else if (write && folio_test_large(page_folio(buf->pages[i])))
+			reason = DMAFILE_REASON_WRITE_PIN_NOT_ALLOWED;
 	}
-	if (reason) {
+	if (reason)
 		unpin_user_pages(buf->pages, done);
-		if (dax)
-			dmafile_dax_pin_failed(buf);
-	}
 	return reason;
 }
 
@@ -221,7 +180,11 @@ static u32 dmafile_check_file(struct file *file, u32 flags, u64 offset,
 	struct inode *inode = file_inode(file);
 	bool write = flags & DMAFILE_MAP_WRITE;
 
-	if (!S_ISREG(inode->i_mode))
+	/*
+	 * Kernel-private inodes (pidfds, epoll and other anonymous inodes,
+	 * secretmem) may claim S_IFREG, but nothing of theirs is file data.
+	 */
+	if (!S_ISREG(inode->i_mode) || IS_PRIVATE(inode))
 		return DMAFILE_REASON_NOT_REGULAR_FILE;
 	if ((file->f_mode & FMODE_PATH) || !(file->f_mode & FMODE_READ))
 		return DMAFILE_REASON_FD_NOT_READABLE;
@@ -229,10 +192,16 @@ static u32 dmafile_check_file(struct file *file, u32 flags, u64 offset,
 		return DMAFILE_REASON_FD_NOT_WRITABLE;
 	if (!dmafile_fs_allowed(inode->i_sb->s_type->name))
 		return DMAFILE_REASON_FS_NOT_SUPPORTED;
+	/* dax.c's layout freeze is established for these two only. */
+	if (IS_DAX(inode) && strcmp(inode->i_sb->s_type->name, "ext4") &&
+	    strcmp(inode->i_sb->s_type->name, "xfs"))
+		return DMAFILE_REASON_FS_NOT_SUPPORTED;
 	if (write) {
-		if (IS_IMMUTABLE(inode) || IS_APPEND(inode) ||
-		    IS_SWAPFILE(inode))
+		if (IS_IMMUTABLE(inode) || IS_APPEND(inode))
 			return DMAFILE_REASON_IMMUTABLE;
+		/* A swap file, or a DAX file whose layout dax.c holds. */
+		if (IS_SWAPFILE(inode))
+			return DMAFILE_REASON_FILE_BUSY;
 		/*
 		 * Mirrors the mm: only shmem page cache may be pinned
 		 * writable. DAX has no page cache to write back.
@@ -256,12 +225,16 @@ static u32 dmafile_check_args(const struct dmafile_map *m)
 		return DMAFILE_REASON_FLAGS_UNSUPPORTED;
 	if (!(m->flags & DMAFILE_MAP_PIN))
 		return DMAFILE_REASON_PIN_REQUIRED;
-	if (!m->length || m->offset > U64_MAX - m->length ||
-	    m->length > U64_MAX - PAGE_SIZE)
+	/* The range's end, the length rounded up to a page, must not wrap. */
+	if (!m->length || m->length > U64_MAX - PAGE_SIZE ||
+	    m->offset > U64_MAX - PAGE_ALIGN(m->length))
 		return DMAFILE_REASON_INVALID_RANGE;
 	if (!PAGE_ALIGNED(m->offset))
 		return DMAFILE_REASON_UNALIGNED;
-	if (PAGE_ALIGN(m->length) > dmafile_max_map_bytes ||
+	/* kvmalloc() warns and fails past INT_MAX bytes of page array. */
+	if (PAGE_ALIGN(m->length) >> PAGE_SHIFT >
+	    INT_MAX / sizeof(struct page *) ||
+	    PAGE_ALIGN(m->length) > dmafile_max_map_bytes ||
 	    PAGE_ALIGN(m->length) > dmafile_max_pinned_bytes() ||
 	    m->offset + PAGE_ALIGN(m->length) > (u64)MAX_LFS_FILESIZE)
 		return DMAFILE_REASON_TOO_LARGE;
@@ -301,10 +274,16 @@ int dmafile_map_file(struct dmafile_map *m, struct dma_buf **dmabuf)
 	if (!buf)
 		goto err_put_file;
 	buf->npages = length >> PAGE_SHIFT;
+	/* Charged before the page array: a refusal costs no memory. */
+	reason = dmafile_charge(&buf->charge, buf->npages);
+	if (reason) {
+		ret = dmafile_refuse(m, reason);
+		goto err_free_buf;
+	}
 	buf->pages = kvmalloc_array(buf->npages, sizeof(*buf->pages),
 				    GFP_KERNEL);
 	if (!buf->pages)
-		goto err_free_buf;
+		goto err_uncharge;
 	buf->file = file;
 	buf->index = m->offset >> PAGE_SHIFT;
 	buf->flags = m->flags;
@@ -313,18 +292,16 @@ int dmafile_map_file(struct dmafile_map *m, struct dma_buf **dmabuf)
 	mutex_init(&buf->lock);
 	INIT_LIST_HEAD(&buf->attachments);
 
-	reason = dmafile_charge(&buf->charge, buf->npages);
-	if (reason) {
-		ret = dmafile_refuse(m, reason);
-		goto err_free_pages;
-	}
-	reason = dmafile_pin(buf, m->offset, &ret);
+	if (buf->backing == DMAFILE_BACKING_STORAGE_DIRECT)
+		reason = dmafile_dax_map(buf, m->fd, m->offset, &ret);
+	else
+		reason = dmafile_pin(buf, m->offset, &ret);
 	if (reason) {
 		if (reason != DMAFILE_REASON_MAP_FAILED)
 			ret = dmafile_refuse(m, reason);
 		else
 			m->reason = reason;
-		goto err_uncharge;
+		goto err_free_pages;
 	}
 
 	exp_info.ops = &dmafile_dmabuf_ops;
@@ -346,13 +323,12 @@ int dmafile_map_file(struct dmafile_map *m, struct dma_buf **dmabuf)
 
 err_unpin:
 	/* Nothing has written through the pages yet: no need to dirty them. */
-	unpin_user_pages(buf->pages, buf->npages);
-	dmafile_dax_pin_failed(buf);
-err_uncharge:
-	dmafile_uncharge(&buf->charge);
+	dmafile_buf_put_pages(buf, false);
 err_free_pages:
 	kvfree(buf->pages);
 	mutex_destroy(&buf->lock);
+err_uncharge:
+	dmafile_uncharge(&buf->charge);
 err_free_buf:
 	kfree(buf);
 err_put_file:
@@ -387,7 +363,9 @@ int dmafile_buf_status(struct dma_buf *dmabuf, struct dmafile_status *st)
 	st->file_size = stat.size;
 	st->stale_pages = 0;
 	eof_index = DIV_ROUND_UP_ULL(stat.size, PAGE_SIZE);
-	for (i = 0; i < buf->npages; i++) {
+	/* A storage-direct buffer's file keeps its layout (dax.c). */
+	for (i = 0; buf->backing == DMAFILE_BACKING_PAGE_CACHE &&
+	     i < buf->npages; i++) {
 		if (!dmafile_page_current(buf, i, eof_index))
 			st->stale_pages++;
 		if (!(i % DMAFILE_PIN_BATCH)) {

@@ -7,6 +7,10 @@
  * (longer) structures: a shorter one is zero-extended, a longer one must be
  * zero past the fields this kernel knows (E2BIG otherwise). Output fields and
  * reserved fields must be zero on input (EINVAL otherwise).
+ *
+ * CPU mappings of a dma-buf made here are shared and never executable:
+ * mmap() with PROT_EXEC fails with EPERM, and mprotect(PROT_EXEC) with
+ * EACCES. A buffer mapped without DMAFILE_MAP_WRITE is never writable.
  */
 #ifndef _UAPI_LINUX_DMAFILE_H
 #define _UAPI_LINUX_DMAFILE_H
@@ -24,8 +28,9 @@
  * DMAFILE_MAP_WRITE: importers may write; the pages are marked dirty when
  *	the dma-buf is released, so the writes reach the file. Needs a
  *	writable fd and a file that may be written, on a filesystem whose
- *	page cache may be pinned writable (shmem/tmpfs), or a file on a DAX
- *	mount (storage-direct: holes in the range are allocated).
+ *	page cache may be pinned writable (shmem/tmpfs, in pages that are
+ *	not huge), or a file on a DAX mount (storage-direct: holes in the
+ *	range are allocated, blocks shared by reflink are copied first).
  * DMAFILE_MAP_ATOMIC: importers need atomic operations on the memory.
  * DMAFILE_MAP_CLOEXEC: the returned dma-buf fd has FD_CLOEXEC set.
  */
@@ -42,10 +47,12 @@
  * @DMAFILE_BACKING_PAGE_CACHE: the file's own page-cache pages, pinned.
  * @DMAFILE_BACKING_STORAGE_DIRECT: the storage's own memory that holds the
  *	file's blocks (DAX); the page cache is not used. While the dma-buf
- *	lives, the caller's address space keeps a sealed mapping of the
- *	range (it cannot be unmapped, and is not inherited by fork), and
- *	truncate, hole punch and other layout changes of the file wait,
- *	interruptibly, until the dma-buf is released.
+ *	lives, the file's block layout is frozen as a swap file's is:
+ *	write(2), shrinking truncate, fallocate, reflink and dedupe, extent
+ *	swaps and exchanges fail with ETXTBSY (EINVAL for XFS_IOC_SWAPEXT
+ *	and EXT4_IOC_SWAP_BOOT), unlink and rename over it with EPERM.
+ *	Nothing waits for the dma-buf, and nothing of the caller's address
+ *	space is kept.
  */
 enum dmafile_backing {
 	DMAFILE_BACKING_NONE = 0,
@@ -88,10 +95,12 @@ enum dmafile_backing {
  * @DMAFILE_REASON_SEALED: DMAFILE_MAP_WRITE on a memfd sealed against
  *	writes (EPERM).
  * @DMAFILE_REASON_IMMUTABLE: DMAFILE_MAP_WRITE on an immutable or
- *	append-only file, or on a swap file (EPERM).
+ *	append-only file (EPERM).
  * @DMAFILE_REASON_WRITE_PIN_NOT_ALLOWED: DMAFILE_MAP_WRITE on a filesystem
  *	with page-cache writeback: the kernel refuses writable long-term pins
- *	of such pages (EOPNOTSUPP).
+ *	of such pages; or of huge pages (tmpfs huge=), which a truncation
+ *	cannot split, so stores past a new end of file would come back when
+ *	the file grows again (EOPNOTSUPP).
  * @DMAFILE_REASON_FILE_CHANGED: the file was truncated, hole-punched or
  *	otherwise changed while it was being mapped; retrying may succeed
  *	(EAGAIN).
@@ -101,10 +110,17 @@ enum dmafile_backing {
  * @DMAFILE_REASON_MAP_FAILED: the filesystem or a security module refused to
  *	map the file (the errno it gave).
  * @DMAFILE_REASON_DAX_UNBACKED: a read-only mapping of a file on a DAX
- *	mount whose range has holes, unwritten extents or blocks shared with
- *	another file (reflinks): they have no storage of the file's own to
- *	map. Write the range first, or map it with DMAFILE_MAP_WRITE, which
- *	allocates (ENODATA).
+ *	mount whose range has holes or unwritten (preallocated) extents:
+ *	they have no storage to map. Write the range first, or map it with
+ *	DMAFILE_MAP_WRITE, which allocates (ENODATA). Blocks shared with
+ *	another file by reflink are mapped: they stay while this file holds
+ *	them, and writes through the other file copy them first.
+ * @DMAFILE_REASON_FILE_BUSY: storage-direct only: the file's layout cannot
+ *	be frozen now (ETXTBSY). It is open for writing by another file
+ *	descriptor than @fd, or @fd is shared or in use elsewhere (duplicated,
+ *	inherited, in a concurrent call), so a layout change could already be
+ *	under way; or it is an active swap file; or, for DMAFILE_MAP_WRITE,
+ *	another storage-direct dma-buf of the file lives.
  */
 enum dmafile_reason {
 	DMAFILE_REASON_NONE = 0,
@@ -131,6 +147,7 @@ enum dmafile_reason {
 	DMAFILE_REASON_INTERRUPTED = 21,
 	DMAFILE_REASON_MAP_FAILED = 22,
 	DMAFILE_REASON_DAX_UNBACKED = 23,
+	DMAFILE_REASON_FILE_BUSY = 24,
 };
 
 /* Capability bits of &dmafile_query.caps. */
@@ -211,7 +228,8 @@ struct dmafile_map {
  * @backing: out: an &enum dmafile_backing value.
  * @state: out: DMAFILE_STATE_* bits. STALE: some of its pages are no longer
  *	the file's (the file was truncated or a hole punched over them since
- *	mapping); they keep the bytes they had. UNLINKED: the file has no
+ *	mapping); they keep the bytes they had. Never set for storage-direct
+ *	buffers, whose file's layout is frozen. UNLINKED: the file has no
  *	names left.
  * @dev_major: out: major number of the file's device (st_dev).
  * @dev_minor: out: minor number of the file's device (st_dev).
