@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dmafile::compute::builtin;
@@ -17,11 +17,12 @@ use dmafile::kmod::{flags, Backing, MapReason};
 use dmafile::{cpu, Access, DeviceBuffer, Kernel, PathKind, ReasonCode, Region, RegionOptions};
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
 use serde_json::Value;
 
 use crate::ensure;
+use crate::layout_ops;
 use crate::util::*;
 use crate::TestFn;
 
@@ -35,11 +36,14 @@ pub fn all() -> Vec<(String, TestFn)> {
         "dax/stream-direct".into(),
         Box::new(stream_direct) as TestFn,
     )];
-    let per_fs: [(&str, PerFs); 5] = [
+    let per_fs: [(&str, PerFs); 8] = [
         ("map", map_dax),
         ("holes", holes),
-        ("truncate-waits", truncate_waits),
-        ("held-mapping", held_mapping),
+        ("frozen", frozen),
+        ("no-waiting", no_waiting),
+        ("file-busy", file_busy),
+        ("nothing-kept", nothing_kept),
+        ("maker-exits", maker_exits),
         ("write-remount", write_remount),
     ];
     for fs in DAX_FS {
@@ -50,6 +54,7 @@ pub fn all() -> Vec<(String, TestFn)> {
             ));
         }
     }
+    t.push(("dax/reflink/xfs-dax".into(), Box::new(reflink)));
     t.push(("dax/not-dax-same-pmem".into(), Box::new(not_dax_same_pmem)));
     t
 }
@@ -174,13 +179,22 @@ fn map_dax(c: &Ctx, fs: &str) -> TestResult {
             "{fs}: status {st:?}"
         );
     }
-    // A write() after mapping is seen through the mapping: it is the storage.
-    let b = m.map(f.as_fd(), 0, MIB, 0)?;
-    open_rw(&p).write_all_at(&[0xA5; 100], 4096)?;
-    let got = dmabuf_bytes(b.as_fd(), b.len())?;
+    drop(f);
+    // Stores through a WRITE mapping are read() at once: it is the storage.
+    let w = open_rw(&p);
+    let b = m.map(w.as_fd(), 0, MIB, flags::WRITE)?;
+    let map = Mapping::new(
+        b.as_fd(),
+        b.len() as usize,
+        nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+        0,
+    )?;
+    map.write_at(4096, &[0xA5; 100]);
+    let mut back = [0u8; 100];
+    open_ro(&p).read_exact_at(&mut back, 4096)?;
     ensure!(
-        got[4096..4196].iter().all(|&x| x == 0xA5),
-        "{fs}: write() not seen"
+        back == [0xA5; 100],
+        "{fs}: a store through the dma-buf not read()"
     );
     ensure!(cached_pages(&p)? == 0, "{fs}: page cache used");
     Ok(())
@@ -206,6 +220,8 @@ fn holes(c: &Ctx, fs: &str) -> TestResult {
     );
     m.map(f.as_fd(), 0, 64 << 10, 0)?;
     m.map(f.as_fd(), 192 << 10, 64 << 10, 0)?;
+    // A file open for writing elsewhere cannot be mapped storage-direct.
+    drop(f);
     // The runtime's auto falls back past the refusal and reads the hole
     // as zeros: a shader's sum equals the CPU's over the file's bytes.
     let g = crate::region_tests::gpu();
@@ -260,7 +276,9 @@ fn holes(c: &Ctx, fs: &str) -> TestResult {
         .err()
         .ok_or("an unwritten extent was mapped")?;
     ensure!(e.reason == MapReason::DaxUnbacked, "{fs}: unwritten: {e}");
+    drop(uf);
     // Mapped for writing, the hole is allocated (zeroed) and takes stores.
+    let f = open_rw(&p);
     let b = m.map(f.as_fd(), 0, 256 << 10, flags::WRITE)?;
     ensure!(b.backing() == Backing::StorageDirect, "{:?}", b.backing());
     let map = Mapping::new(
@@ -295,249 +313,635 @@ fn open_rw_create(p: &Path) -> std::io::Result<File> {
         .open(p)
 }
 
-/// With `b` (a storage-direct mapping of `file`, whose content is `init`)
-/// alive, a truncate waits: the blocks cannot be freed under the device,
-/// and the mapping keeps the file's bytes. Releasing the mapping lets the
-/// truncate finish. A task killed while it waits dies promptly.
-pub fn truncate_waits_for(file: &File, b: impl AsFd, init: &[u8]) -> TestResult {
-    let len = init.len() as u64;
-    let mapped = len.next_multiple_of(4096);
-    // A killed truncate: a forked child blocks, SIGKILL ends it.
-    // SAFETY: the runner is single-threaded here; the child only truncates.
-    match unsafe { fork() }? {
-        ForkResult::Child => {
-            let r = file.set_len(0);
-            // SAFETY: leaving the forked child without unwinding.
-            unsafe { nix::libc::_exit(if r.is_ok() { 0 } else { 1 }) }
-        }
-        ForkResult::Parent { child } => {
-            std::thread::sleep(Duration::from_millis(500));
-            let st = waitpid(child, Some(WaitPidFlag::WNOHANG))?;
-            ensure!(
-                st == WaitStatus::StillAlive,
-                "the truncate did not wait for the mapping: {st:?}"
+/// How long a call may take before it counts as waiting for a mapping.
+const PROMPT: Duration = Duration::from_secs(2);
+
+/// An operation that can free or move a file's blocks, run on (the file,
+/// another file of the same filesystem, the same size), and the errno it
+/// must give while a storage-direct mapping of the file lives.
+struct LayoutOp {
+    what: &'static str,
+    run: fn(&Path, &Path) -> layout_ops::OpResult,
+    frozen: Errno,
+}
+
+/// Every such operation on `fs`, as one table (docs/kmod.md lists them).
+fn layout_changes(fs: &str) -> Vec<LayoutOp> {
+    use layout_ops as o;
+    use nix::fcntl::FallocateFlags as F;
+    let op = |what, run, frozen| LayoutOp { what, run, frozen };
+    let (busy, perm, inval) = (Errno::ETXTBSY, Errno::EPERM, Errno::EINVAL);
+    // The extent swaps first: they are the ones that never waited.
+    let mut v = Vec::new();
+    if fs == "xfs-dax" {
+        v.extend([
+            op("XFS_IOC_SWAPEXT, it the target", o::xfs_swapext, inval),
+            op(
+                "XFS_IOC_SWAPEXT, it the donor",
+                |p, q| o::xfs_swapext(q, p),
+                inval,
+            ),
+            op(
+                "XFS_IOC_EXCHANGE_RANGE",
+                |p, q| o::xfs_exchange_range(p, q, MIB),
+                busy,
+            ),
+            op("FICLONE into it", o::clone_file, busy),
+            op("FICLONE out of it", |p, q| o::clone_file(q, p), busy),
+            op("FIDEDUPERANGE into it", |p, q| o::dedupe(p, q, MIB), busy),
+        ]);
+    } else {
+        v.extend([
+            op("EXT4_IOC_SWAP_BOOT", |p, _| o::ext4_swap_boot(p), inval),
+            // ext4 has no online defrag of DAX files at all.
+            op(
+                "EXT4_IOC_MOVE_EXT, it the original",
+                |p, q| o::ext4_move_ext(p, q, MIB),
+                Errno::EOPNOTSUPP,
+            ),
+            op(
+                "EXT4_IOC_MOVE_EXT, it the donor",
+                |p, q| o::ext4_move_ext(q, p, MIB),
+                Errno::EOPNOTSUPP,
+            ),
+        ]);
+    }
+    let common = [
+        op(
+            "pwrite",
+            (|p, _| o::pwrite(p)) as fn(&Path, &Path) -> _,
+            busy,
+        ),
+        op(
+            "ftruncate to a smaller size",
+            |p, _| o::ftruncate(p, 4096),
+            busy,
+        ),
+        op("truncate(2) by path", |p, _| o::truncate_path(p, 0), busy),
+        op("open(O_TRUNC)", |p, _| o::open_trunc(p), busy),
+        op(
+            "punch a hole",
+            |p, _| {
+                o::fallocate(
+                    p,
+                    F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_KEEP_SIZE,
+                    0,
+                    65536,
+                )
+            },
+            busy,
+        ),
+        op(
+            "collapse a range",
+            |p, _| o::fallocate(p, F::FALLOC_FL_COLLAPSE_RANGE, 0, 65536),
+            busy,
+        ),
+        op(
+            "insert a range",
+            |p, _| o::fallocate(p, F::FALLOC_FL_INSERT_RANGE, 0, 65536),
+            busy,
+        ),
+        op(
+            "zero a range",
+            |p, _| o::fallocate(p, F::FALLOC_FL_ZERO_RANGE, 0, 65536),
+            busy,
+        ),
+        op(
+            "preallocate",
+            |p, _| o::fallocate(p, F::empty(), MIB as i64, MIB as i64),
+            busy,
+        ),
+        op("copy_file_range into it", o::copy_into, busy),
+        op(
+            "mmap(MAP_SHARED, PROT_WRITE)",
+            |p, _| o::mmap_shared_writable(p),
+            busy,
+        ),
+        op(
+            "rename another file over it",
+            |p, _| {
+                let spare = p.with_extension("spare");
+                std::fs::write(&spare, b"spare").map_err(errno_of)?;
+                o::rename_over(p, &spare)
+            },
+            perm,
+        ),
+        op("unlink", |p, _| o::unlink(p), perm),
+    ];
+    v.extend(common);
+    v
+}
+
+/// Runs `op` in a child: it must return `want` promptly.
+fn expect_prompt(
+    fs: &str,
+    what: &str,
+    want: layout_ops::OpResult,
+    op: impl FnOnce() -> layout_ops::OpResult,
+) -> TestResult {
+    judge(fs, what, want, errno_within(PROMPT, op))
+}
+
+fn judge(fs: &str, what: &str, want: layout_ops::OpResult, got: ChildErrno) -> TestResult {
+    match got {
+        Ok(got) if got == want => Ok(()),
+        Ok(got) => Err(format!("{fs}: {what}: {got:?}, expected {want:?}").into()),
+        Err(e) => Err(format!("{fs}: {what}: {e}").into()),
+    }
+}
+
+/// While a storage-direct mapping lives, every operation that could free
+/// or move the file's blocks fails at once, from any process, on either
+/// end of a two-file operation (extent swaps included: they never waited
+/// for pinned DAX pages); reads and other tasks' I/O go on without waiting,
+/// the file may grow, and the mapping keeps the file's bytes. Once the
+/// mapping is released, the operations work again.
+fn frozen(c: &Ctx, fs: &str) -> TestResult {
+    use layout_ops as o;
+    let dir = c.fs(fs)?;
+    let init = data(MIB as usize, 77);
+    let p = write_file(dir, "frozen.bin", &init);
+    let other_bytes = data(MIB as usize, 78);
+    let other = write_file(dir, "frozen-other.bin", &other_bytes);
+    // The descriptor may go: the dma-buf holds the file.
+    let b = c.module().map(open_ro(&p).as_fd(), 0, MIB, 0)?;
+    ensure!(
+        b.backing() == Backing::StorageDirect,
+        "{fs}: {:?}",
+        b.backing()
+    );
+    for op in layout_changes(fs) {
+        let got = errno_within(PROMPT, || (op.run)(&p, &other));
+        if got == Ok(Err(Errno::EOPNOTSUPP)) && op.frozen != Errno::EOPNOTSUPP {
+            // Skipped, not passed, if this filesystem lacks the operation.
+            let (a, b) = (
+                write_file(dir, "probe-a.bin", &init),
+                write_file(dir, "probe-b.bin", &init),
             );
-            kill(child, Signal::SIGKILL)?;
-            let t = Instant::now();
-            loop {
-                match waitpid(child, Some(WaitPidFlag::WNOHANG))? {
-                    WaitStatus::StillAlive if t.elapsed() < Duration::from_secs(10) => {
-                        std::thread::sleep(Duration::from_millis(10))
-                    }
-                    WaitStatus::Signaled(_, Signal::SIGKILL, _) => break,
-                    st => {
-                        return Err(
-                            format!("the waiting truncate did not die of SIGKILL: {st:?}").into(),
-                        )
-                    }
-                }
+            if (op.run)(&a, &b) == Err(Errno::EOPNOTSUPP) {
+                println!(
+                    "     skip {fs}: {}: this filesystem does not support it",
+                    op.what
+                );
+                continue;
             }
         }
+        judge(fs, op.what, Err(op.frozen), got)?;
     }
-    ensure!(
-        file.metadata()?.len() == len,
-        "the killed truncate changed the size"
-    );
-    // A truncate in a thread waits until the mapping goes.
-    let done = AtomicBool::new(false);
-    std::thread::scope(|s| -> TestResult {
-        let h = s.spawn(|| {
-            let r = file.set_len(0);
-            done.store(true, Ordering::SeqCst);
-            r
-        });
-        std::thread::sleep(Duration::from_millis(500));
-        ensure!(
-            !done.load(Ordering::SeqCst),
-            "truncate finished under a live mapping"
-        );
-        ensure!(
-            file.metadata()?.len() == len,
-            "size changed under a live mapping"
-        );
-        let got = dmabuf_bytes(b.as_fd(), mapped)?;
-        ensure!(got[..init.len()] == init[..], "the mapping's bytes changed");
-        drop(b);
-        let t = Instant::now();
-        while !done.load(Ordering::SeqCst) {
-            ensure!(
-                t.elapsed() < Duration::from_secs(10),
-                "truncate still blocked after the mapping was released"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        h.join().unwrap()?;
-        Ok(())
+    // Nobody else's I/O waits: reads, and writes that fail at once.
+    expect_prompt(fs, "pread", Ok(()), || o::pread(&p))?;
+    // Growing the file frees nothing.
+    expect_prompt(fs, "ftruncate to a larger size", Ok(()), || {
+        o::ftruncate(&p, 2 * MIB)
     })?;
-    ensure!(file.metadata()?.len() == 0, "truncate did not happen");
+    ensure!(
+        dmabuf_bytes(b.as_fd(), b.len())? == init,
+        "{fs}: the mapping's bytes changed"
+    );
+    ensure!(
+        std::fs::read(&p)?[..MIB as usize] == init[..],
+        "{fs}: the file's bytes changed"
+    );
+    ensure!(
+        std::fs::read(&other)? == other_bytes,
+        "{fs}: the other file's bytes changed"
+    );
+    drop(b);
+    // Released: the same operations work again.
+    o::ftruncate(&p, MIB).map_err(|e| format!("{fs}: truncate after release: {e}"))?;
+    o::pwrite(&p).map_err(|e| format!("{fs}: pwrite after release: {e}"))?;
+    open_rw(&p).write_all_at(&init, 0)?;
+    let punch = nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+        | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    o::fallocate(&other, punch, 0, 4096).map_err(|e| format!("{fs}: punch after release: {e}"))?;
+    open_rw(&other).write_all_at(&other_bytes[..4096], 0)?;
+    if fs == "xfs-dax" {
+        // A donor of one extent, as the target has (xfs requires no more).
+        let donor = write_file(dir, "frozen-donor.bin", &other_bytes);
+        open_rw(&p).sync_all()?;
+        open_rw(&donor).sync_all()?;
+        o::xfs_swapext(&p, &donor)
+            .map_err(|e| format!("{fs}: XFS_IOC_SWAPEXT after release: {e}"))?;
+        ensure!(
+            std::fs::read(&p)? == other_bytes && std::fs::read(&donor)? == init,
+            "{fs}: XFS_IOC_SWAPEXT after release did not swap the contents"
+        );
+    }
+    o::unlink(&p).map_err(|e| format!("{fs}: unlink after release: {e}"))?;
     Ok(())
 }
 
-fn truncate_waits(c: &Ctx, fs: &str) -> TestResult {
-    let init = data(MIB as usize, 77);
-    let p = write_file(c.fs(fs)?, "trunc.bin", &init);
-    let f = open_rw(&p);
-    let b = c.module().map(f.as_fd(), 0, MIB, 0)?;
-    // Hole punch waits the same way (the range stays the file's).
-    let done = AtomicBool::new(false);
-    std::thread::scope(|s| -> TestResult {
-        let h = s.spawn(|| {
-            let r = nix::fcntl::fallocate(
-                f.as_raw_fd(),
-                nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
-                    | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
-                0,
-                65536,
-            );
-            done.store(true, Ordering::SeqCst);
-            r
-        });
-        std::thread::sleep(Duration::from_millis(500));
-        ensure!(
-            !done.load(Ordering::SeqCst),
-            "{fs}: hole punch finished under a live mapping"
-        );
-        let b2 = c.module().map(f.as_fd(), MIB / 2, 4096, 0);
-        drop(b2);
-        let got = dmabuf_bytes(b.as_fd(), b.len())?;
-        ensure!(got == init, "{fs}: the mapping's bytes changed");
-        // Let the punch through by releasing the mapping, then restore.
-        drop(b);
-        h.join().unwrap()?;
-        Ok(())
-    })?;
-    f.write_all_at(&init, 0)?;
-    let b = c.module().map(f.as_fd(), 0, MIB, 0)?;
-    truncate_waits_for(&f, b, &init)
+/// A truncate under a live mapping does not wait for it, so it holds no
+/// lock that other tasks' reads and writes of the file would then wait for
+/// (unkillably) behind it: all three return at once.
+fn no_waiting(c: &Ctx, fs: &str) -> TestResult {
+    use layout_ops as o;
+    let p = write_file(c.fs(fs)?, "nowait.bin", &data(MIB as usize, 12));
+    let b = c.module().map(open_ro(&p).as_fd(), 0, MIB, 0)?;
+    ensure!(
+        b.backing() == Backing::StorageDirect,
+        "{fs}: {:?}",
+        b.backing()
+    );
+    let pp = p.clone();
+    let truncate = std::thread::spawn(move || errno_within(PROMPT, || o::ftruncate(&pp, 0)));
+    std::thread::sleep(Duration::from_millis(200));
+    let (read, write) = (
+        errno_within(PROMPT, || o::pread(&p)),
+        errno_within(PROMPT, || o::pwrite(&p)),
+    );
+    let truncate = truncate.join().unwrap();
+    drop(b);
+    judge(
+        fs,
+        "truncate under a mapping",
+        Err(Errno::ETXTBSY),
+        truncate,
+    )?;
+    judge(fs, "another task's pread meanwhile", Ok(()), read)?;
+    judge(
+        fs,
+        "another task's pwrite meanwhile",
+        Err(Errno::ETXTBSY),
+        write,
+    )
+}
+
+/// The layout can be frozen only when no operation that checks before it
+/// takes the inode's lock can be under way: no other descriptor open for
+/// writing, and the caller's own writable descriptor not shared. With a
+/// mapping alive, a WRITE mapping (whose faults change the layout) is
+/// refused, read-only ones are not.
+fn file_busy(c: &Ctx, fs: &str) -> TestResult {
+    let m = c.module();
+    let len = 256u64 << 10;
+    let p = write_file(c.fs(fs)?, "busy.bin", &data(len as usize, 3));
+    let busy =
+        |what: &str, r: Result<dmafile::kmod::DmaBuf, dmafile::kmod::MapError>| -> TestResult {
+            match r {
+                Err(e) if e.reason == MapReason::FileBusy && e.errno == Errno::ETXTBSY => Ok(()),
+                Err(e) => Err(format!("{fs}: {what}: {e}, expected file-busy").into()),
+                Ok(_) => Err(format!("{fs}: {what}: mapped, expected file-busy").into()),
+            }
+        };
+    let w = open_rw(&p);
+    busy(
+        "open for writing elsewhere",
+        m.map(open_ro(&p).as_fd(), 0, len, 0),
+    )?;
+    // The caller's own writable descriptor, alone, can change nothing.
+    drop(m.map(w.as_fd(), 0, len, 0)?);
+    let dup = w.try_clone()?;
+    busy("the descriptor duplicated", m.map(w.as_fd(), 0, len, 0))?;
+    drop(dup);
+    drop(m.map(w.as_fd(), 0, len, flags::WRITE)?);
+    drop(w);
+    let b = m.map(open_ro(&p).as_fd(), 0, len, 0)?;
+    let w = open_rw(&p);
+    busy(
+        "WRITE with a mapping alive",
+        m.map(w.as_fd(), 0, len, flags::WRITE),
+    )?;
+    // The layout stays frozen, so a writer opening the file changes nothing.
+    let b2 = m.map(open_ro(&p).as_fd(), 4096, 4096, 0)?;
+    ensure!(
+        w.write_at(b"x", 0).map_err(errno_of) == Err(Errno::ETXTBSY),
+        "{fs}: write under a mapping"
+    );
+    drop((b, b2));
+    drop(m.map(w.as_fd(), 0, len, flags::WRITE)?);
+    Ok(())
 }
 
 /// Lines of /proc/self/maps that map `p`.
-fn maps_of(p: &Path) -> Result<Vec<(usize, usize, String)>, String> {
+fn maps_of(p: &Path) -> Result<Vec<String>, String> {
     let maps = std::fs::read_to_string("/proc/self/maps").map_err(|e| e.to_string())?;
     let name = p.to_str().unwrap();
     Ok(maps
         .lines()
         .filter(|l| l.ends_with(name))
-        .map(|l| {
-            let mut f = l.split_whitespace();
-            let (a, b) = f.next().unwrap().split_once('-').unwrap();
-            let perms = f.next().unwrap().to_string();
-            let a = usize::from_str_radix(a, 16).unwrap();
-            (a, usize::from_str_radix(b, 16).unwrap() - a, perms)
-        })
+        .map(str::to_string)
         .collect())
 }
 
-/// The mapping a storage-direct dma-buf keeps in its maker's address
-/// space (so that layout changes see the pins): sealed against munmap,
-/// mprotect and MAP_FIXED, not inherited by fork, gone when the dma-buf
-/// is closed. A dma-buf that outlives its maker still holds the blocks,
-/// and releasing it in another process removes the dead maker's mapping.
-fn held_mapping(c: &Ctx, fs: &str) -> TestResult {
-    use nix::sys::mman::{mmap_anonymous, mprotect, munmap, MapFlags, ProtFlags};
-    let m = c.module();
-    let init = data(3 * 4096 + 100, 9);
-    let p = write_file(c.fs(fs)?, "held.bin", &init);
-    let f = open_ro(&p);
-    ensure!(maps_of(&p)?.is_empty(), "{fs}: mapped before");
-    let b = m.map(f.as_fd(), 0, init.len() as u64, 0)?;
-    let held = maps_of(&p)?;
+/// Nothing of the caller's address space outlives the map call: no
+/// mapping of the file stays behind (to be inherited, split or sealed).
+fn nothing_kept(c: &Ctx, fs: &str) -> TestResult {
+    let p = write_file(c.fs(fs)?, "kept.bin", &data(3 * 4096 + 100, 9));
+    let before = std::fs::read_to_string("/proc/self/maps")?.lines().count();
+    let b = c.module().map(open_ro(&p).as_fd(), 0, 4 * 4096, 0)?;
     ensure!(
-        held.len() == 1 && held[0].1 == 4 * 4096 && held[0].2 == "r--s",
-        "{fs}: held mappings {held:x?}"
+        b.backing() == Backing::StorageDirect,
+        "{fs}: {:?}",
+        b.backing()
     );
-    let (addr, len) = (held[0].0, held[0].1);
-    let ptr = std::ptr::NonNull::new(addr as *mut std::ffi::c_void).unwrap();
-    // SAFETY: each call is expected to fail on the sealed mapping; if one
-    // succeeded, the test fails and the process only lost that mapping.
-    unsafe {
-        ensure!(
-            munmap(ptr, len) == Err(Errno::EPERM),
-            "{fs}: munmap of the held mapping was not refused"
-        );
-        ensure!(
-            mprotect(ptr, len, ProtFlags::PROT_NONE) == Err(Errno::EPERM),
-            "{fs}: mprotect of the held mapping was not refused"
-        );
-        let fixed = mmap_anonymous(
-            Some(std::num::NonZeroUsize::new(addr).unwrap()),
-            std::num::NonZeroUsize::new(4096).unwrap(),
-            ProtFlags::PROT_READ,
-            MapFlags::MAP_PRIVATE | MapFlags::MAP_FIXED,
-        );
-        ensure!(
-            fixed == Err(Errno::EPERM),
-            "{fs}: MAP_FIXED over the held mapping: {fixed:?}"
-        );
-    }
-    let st = in_child(|| match maps_of(&p) {
-        Ok(v) if v.is_empty() => 0,
-        _ => 1,
-    });
+    let kept = maps_of(&p)?;
     ensure!(
-        matches!(st, WaitStatus::Exited(_, 0)),
-        "{fs}: a forked child inherited the held mapping: {st:?}"
+        kept.is_empty(),
+        "{fs}: mappings of the file stayed: {kept:?}"
+    );
+    let after = std::fs::read_to_string("/proc/self/maps")?.lines().count();
+    ensure!(
+        after == before,
+        "{fs}: {before} mappings before, {after} after"
+    );
+    Ok(())
+}
+
+/// A maker that maps its own storage-direct dma-buf (as lavapipe does) and
+/// then exits, is killed, execs, or closes the fd first leaves nothing
+/// behind: the buffer is released, the file can be truncated and the
+/// filesystem unmounted.
+fn maker_exits(c: &Ctx, fs: &str) -> TestResult {
+    use nix::sys::mman::ProtFlags;
+    let init = data(MIB as usize, 21);
+    let p = write_file(c.fs(fs)?, "maker.bin", &init);
+    for how in ["exit", "close-then-exit", "exec", "SIGKILL", "SIGTERM"] {
+        let (rx, tx) = nix::unistd::pipe()?;
+        // SAFETY: the child maps, signals and ends; see in_child.
+        let child = match unsafe { fork() }? {
+            ForkResult::Child => {
+                let code = (|| -> Option<i32> {
+                    let b = c.module().map(open_ro(&p).as_fd(), 0, MIB, 0).ok()?;
+                    let map = Mapping::new(
+                        b.as_fd(),
+                        MIB as usize,
+                        ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                        0,
+                    )
+                    .ok()?;
+                    if map.read()[..4096] != init[..4096] {
+                        return Some(3);
+                    }
+                    if how == "close-then-exit" {
+                        drop(b);
+                        std::mem::forget(map);
+                        return Some(0);
+                    }
+                    std::mem::forget((b, map));
+                    if how == "exit" {
+                        return Some(0);
+                    }
+                    if how == "exec" {
+                        let _ = nix::unistd::execv(c"/bin/true", &[c"true"]);
+                        return Some(4);
+                    }
+                    let _ = nix::unistd::write(&tx, b"r");
+                    loop {
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                })()
+                .unwrap_or(2);
+                // SAFETY: leaving the forked child without unwinding.
+                unsafe { nix::libc::_exit(code) }
+            }
+            ForkResult::Parent { child } => child,
+        };
+        drop(tx);
+        if how.starts_with("SIG") {
+            let mut byte = [0u8; 1];
+            ensure!(
+                nix::unistd::read(rx.as_raw_fd(), &mut byte) == Ok(1),
+                "{fs}: {how}: the child did not map"
+            );
+            let sig = if how == "SIGKILL" {
+                Signal::SIGKILL
+            } else {
+                Signal::SIGTERM
+            };
+            kill(child, sig)?;
+        }
+        let st = waitpid(child, None)?;
+        ensure!(
+            matches!(st, WaitStatus::Exited(_, 0) | WaitStatus::Signaled(..)),
+            "{fs}: {how}: the child ended {st:?}"
+        );
+        // Release may go through a worker when the maker was killed.
+        let t = Instant::now();
+        while c.module().query()?.nr_buffers != 0 {
+            ensure!(
+                t.elapsed() < PROMPT,
+                "{fs}: {how}: {} dma-bufs left after the maker ended",
+                c.module().query()?.nr_buffers
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        expect_prompt(fs, &format!("{how}: truncate"), Ok(()), || {
+            layout_ops::ftruncate(&p, MIB / 2)
+        })?;
+        open_rw(&p).write_all_at(&init, 0)?;
+    }
+    // Nothing holds the filesystem either.
+    remount(c, fs, "dax")
+}
+
+/// Blocks shared by reflink (xfs): mapped for reading as they are (they
+/// stay while this file holds them, whatever the other file does), and for
+/// writing copied first, so that stores reach this file alone.
+fn reflink(c: &Ctx) -> TestResult {
+    use layout_ops as o;
+    let fs = "xfs-dax";
+    let dir = c.fs(fs)?;
+    let m = c.module();
+    let bytes = data(MIB as usize, 5);
+    let src = write_file(dir, "rl-src.bin", &bytes);
+    let clone = write_file(dir, "rl-clone.bin", b"");
+    o::clone_file(&clone, &src).map_err(|e| format!("FICLONE: {e} (is reflink on?)"))?;
+    let b = m.map(open_ro(&clone).as_fd(), 0, MIB, 0)?;
+    ensure!(b.backing() == Backing::StorageDirect, "{:?}", b.backing());
+    ensure!(
+        dmabuf_bytes(b.as_fd(), b.len())? == bytes,
+        "the clone's mapping differs"
+    );
+    // The source is rewritten (copy on write), then deleted, and its freed
+    // blocks are written over by a new file: the mapping keeps its bytes.
+    open_rw(&src).write_all_at(&data(MIB as usize, 6), 0)?;
+    std::fs::remove_file(&src)?;
+    let filler = write_file(dir, "rl-filler.bin", &vec![0xEE; 8 * MIB as usize]);
+    ensure!(
+        dmabuf_bytes(b.as_fd(), b.len())? == bytes,
+        "the clone's mapping changed"
     );
     drop(b);
-    ensure!(
-        maps_of(&p)?.is_empty(),
-        "{fs}: the mapping stayed after the dma-buf was closed: {:x?}",
-        maps_of(&p)?
-    );
-
-    // Made by a child that exits; received here over a unix socket.
-    use nix::sys::socket::{
-        recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-        SockFlag, SockType,
-    };
-    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-    let (tx, rx) = socketpair(
-        AddressFamily::Unix,
-        SockType::Stream,
-        None,
-        SockFlag::SOCK_CLOEXEC,
+    std::fs::remove_file(&filler)?;
+    // Mapped for writing: stores reach the clone, never the source.
+    let src2 = write_file(dir, "rl-src2.bin", &bytes);
+    let clone2 = write_file(dir, "rl-clone2.bin", b"");
+    o::clone_file(&clone2, &src2)?;
+    let w = open_rw(&clone2);
+    let b = m.map(w.as_fd(), 0, MIB, flags::WRITE)?;
+    let map = Mapping::new(
+        b.as_fd(),
+        MIB as usize,
+        nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+        0,
     )?;
-    let st = in_child(|| {
-        let Ok(b) = c.module().map(f.as_fd(), 0, init.len() as u64, 0) else {
-            return 2;
-        };
-        let fds = [b.as_fd().as_raw_fd()];
-        let iov = [std::io::IoSlice::new(b"x")];
-        match sendmsg::<()>(
-            tx.as_raw_fd(),
-            &iov,
-            &[ControlMessage::ScmRights(&fds)],
-            MsgFlags::empty(),
-            None,
-        ) {
-            Ok(_) => 0,
-            Err(_) => 3,
+    ensure!(map.read() == bytes, "the clone's WRITE mapping differs");
+    map.write_at(0, b"stored through the clone");
+    drop((map, b, w));
+    ensure!(
+        std::fs::read(&src2)? == bytes,
+        "a store through the clone reached the source"
+    );
+    let got = std::fs::read(&clone2)?;
+    ensure!(
+        &got[..24] == b"stored through the clone" && got[24..] == bytes[24..],
+        "the clone does not hold the store"
+    );
+    Ok(())
+}
+
+/// Writers, truncates and hole punches (each opening the file, as other
+/// processes do) against read-only and WRITE mappers: a mapping is made
+/// only while nothing can change the layout, and then nothing does; every
+/// byte a mapping shows is the file's (one of its two generations) or
+/// zero. Afterwards a truncate fails at once under a mapping and works
+/// after it.
+pub fn races(c: &Ctx, fs: &str) -> TestResult {
+    use crate::kmod_tests::{page_of, pattern, race_duration, Rng, PAGE};
+    use layout_ops as o;
+    const PAGES: u64 = 64;
+    let dur = race_duration();
+    let p = c.fs(fs)?.join("races.bin");
+    let _ = std::fs::remove_file(&p);
+    let init: Vec<u8> = (0..PAGES).flat_map(|pg| page_of(pg, 0)).collect();
+    std::fs::write(&p, &init)?;
+    let m = c.module();
+    let stop = AtomicBool::new(false);
+    let (maps, refusals, changes) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let failure = std::sync::Mutex::new(None::<String>);
+    let fail = |msg: String| {
+        failure.lock().unwrap().get_or_insert(msg);
+        stop.store(true, Ordering::Relaxed);
+    };
+    let deadline = Instant::now() + dur;
+    let running = || !stop.load(Ordering::Relaxed) && Instant::now() < deadline;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut r = Rng(1);
+            while running() {
+                let pg = r.below(PAGES);
+                let done = match r.below(4) {
+                    0 | 1 => open_rw(&p)
+                        .write_all_at(&page_of(pg, r.below(2)), pg * PAGE)
+                        .map_err(errno_of),
+                    2 => o::ftruncate(&p, r.below(PAGES * PAGE))
+                        .and_then(|()| o::ftruncate(&p, PAGES * PAGE)),
+                    _ => {
+                        let punch = nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                            | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
+                        o::fallocate(
+                            &p,
+                            punch,
+                            (pg * PAGE + r.below(2) * 100) as i64,
+                            (r.below(4) * PAGE + 1) as i64,
+                        )
+                    }
+                };
+                match done {
+                    Ok(()) => {
+                        changes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(Errno::ETXTBSY) => {}
+                    Err(e) => return fail(format!("a layout change failed with {e}, not ETXTBSY")),
+                }
+            }
+        });
+        for seed in [3, 4, 5] {
+            let (m, p, maps, refusals, fail) = (&m, &p, &maps, &refusals, &fail);
+            s.spawn(move || {
+                let mut r = Rng(seed);
+                while running() {
+                    let off = r.below(PAGES) * PAGE;
+                    let len = (1 + r.below(16)) * PAGE - r.below(PAGE);
+                    // One mapper maps for writing (allocating holes) and
+                    // stores the file's own pattern through the dma-buf.
+                    let write = seed == 5;
+                    let f = if write { open_rw(p) } else { open_ro(p) };
+                    let fl = if write { flags::WRITE } else { 0 };
+                    let b = match m.map(f.as_fd(), off, len, fl) {
+                        Ok(b) => b,
+                        Err(e)
+                            if matches!(
+                                e.reason,
+                                MapReason::BeyondEof
+                                    | MapReason::FileChanged
+                                    | MapReason::DaxUnbacked
+                                    | MapReason::FileBusy
+                            ) =>
+                        {
+                            refusals.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        Err(e) => return fail(format!("map {off}+{len}: {e}")),
+                    };
+                    drop(f);
+                    maps.fetch_add(1, Ordering::Relaxed);
+                    let n = b.len() as usize;
+                    let prot = nix::sys::mman::ProtFlags::PROT_READ
+                        | if write {
+                            nix::sys::mman::ProtFlags::PROT_WRITE
+                        } else {
+                            nix::sys::mman::ProtFlags::empty()
+                        };
+                    let w = match Mapping::new(b.as_fd(), n, prot, 0) {
+                        Ok(w) => w,
+                        Err(e) => return fail(format!("mmap of a dma-buf: {e}")),
+                    };
+                    if write {
+                        let pg = r.below(n as u64 / PAGE);
+                        let bytes: Vec<u8> =
+                            (0..PAGE).map(|i| pattern(off + pg * PAGE + i, 1)).collect();
+                        w.write_at((pg * PAGE) as usize, &bytes);
+                    }
+                    for (i, &v) in w.read().iter().enumerate() {
+                        let pos = off + i as u64;
+                        if v != 0 && v != pattern(pos, 0) && v != pattern(pos, 1) {
+                            return fail(format!(
+                                "byte {v:#04x} at file offset {pos} is not the file's"
+                            ));
+                        }
+                    }
+                    match m.status(b.as_fd()) {
+                        Ok(st) if !st.stale() => {}
+                        other => {
+                            return fail(format!("status of a storage-direct mapping: {other:?}"))
+                        }
+                    }
+                }
+            });
         }
     });
-    ensure!(
-        matches!(st, WaitStatus::Exited(_, 0)),
-        "{fs}: the child that maps: {st:?}"
-    );
-    let mut byte = [0u8; 1];
-    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!(RawFd);
-    let msg = recvmsg::<()>(
-        rx.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::empty(),
-    )?;
-    let mut got = None;
-    for cm in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(v) = cm {
-            // SAFETY: SCM_RIGHTS gave this process a new descriptor.
-            got = v.first().map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) });
-        }
+    if let Some(msg) = failure.into_inner().unwrap() {
+        return Err(format!("{fs}: {msg}").into());
     }
-    let b = got.ok_or("no dma-buf received")?;
-    // The maker is gone; its dma-buf still holds the blocks. Releasing it
-    // here removes the dead maker's mapping from a worker.
-    truncate_waits_for(&open_rw(&p), b, &init)
+    let (maps, refusals, changes) = (
+        maps.into_inner(),
+        refusals.into_inner(),
+        changes.into_inner(),
+    );
+    println!("     {fs}: {maps} mappings checked, {refusals} refused, {changes} layout changes made in {dur:?}");
+    ensure!(
+        maps > 0 && changes > 0,
+        "{fs}: the race made no mapping or no change"
+    );
+    o::ftruncate(&p, PAGES * PAGE)?;
+    open_rw(&p).write_all_at(&init, 0)?;
+    let b = m.map(open_ro(&p).as_fd(), 0, PAGES * PAGE, 0)?;
+    ensure!(
+        b.backing() == Backing::StorageDirect,
+        "{fs}: {:?}",
+        b.backing()
+    );
+    expect_prompt(fs, "truncate under a mapping", Err(Errno::ETXTBSY), || {
+        o::ftruncate(&p, 0)
+    })?;
+    ensure!(
+        dmabuf_bytes(b.as_fd(), b.len())? == init,
+        "{fs}: the mapping's bytes changed"
+    );
+    drop(b);
+    expect_prompt(fs, "truncate after release", Ok(()), || o::ftruncate(&p, 0))
 }
 
 fn write_remount(c: &Ctx, fs: &str) -> TestResult {

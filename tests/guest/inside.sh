@@ -56,7 +56,7 @@ dax_mount() { # name dev mkfs...
     pmem+="$name=$dev,"
 }
 dax_mount ext4-dax /dev/pmem0 mkfs.ext4 -q -F -b 4096
-dax_mount xfs-dax /dev/pmem1 mkfs.xfs -q -f -m reflink=0
+dax_mount xfs-dax /dev/pmem1 mkfs.xfs -q -f -m reflink=1
 chmod 0755 "$base"/*/
 
 dmesg >"$out/dmesg-boot.txt"

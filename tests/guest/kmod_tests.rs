@@ -18,7 +18,7 @@ use crate::ensure;
 use crate::util::*;
 use crate::TestFn;
 
-const PAGE: u64 = 4096;
+pub const PAGE: u64 = 4096;
 const MIB: usize = 1 << 20;
 
 fn page_align(n: u64) -> u64 {
@@ -45,6 +45,7 @@ pub fn all(_ctx: &Ctx) -> Vec<(String, TestFn)> {
     add!("refuse/write-permissions", refuse_write);
     add!("refuse/write-pin-not-allowed", refuse_write_pin);
     add!("refuse/memlock-limit", refuse_memlock);
+    add!("refuse/memlock-before-allocating", refuse_memlock_first);
     add!("refuse/global-limit", refuse_global_limit);
     add!("ioctl/size-tolerance", ioctl_abi);
     for fs in TEST_FS {
@@ -59,13 +60,20 @@ pub fn all(_ctx: &Ctx) -> Vec<(String, TestFn)> {
     add!("vgem/import", vgem_import);
     add!("write/tmpfs", write_mapping_tmpfs);
     add!("write/memfd", write_mapping_memfd);
+    add!("write/tmpfs-huge", write_mapping_huge);
     add!("readonly/ext4", |c: &Ctx| readonly_mapping(c, "ext4"));
     add!("readonly/tmpfs", |c: &Ctx| readonly_mapping(c, "tmpfs"));
+    add!("noexec", no_exec);
     add!("cpu-access-sync", cpu_access_sync);
     add!("lifetimes/close-orders", close_orders);
     add!("lifetimes/rmmod", rmmod_while_mapped);
-    for fs in TEST_FS.iter().chain(DAX_FS) {
+    for fs in TEST_FS {
         add!(format!("races/{fs}"), move |c: &Ctx| races(c, fs));
+    }
+    for fs in DAX_FS {
+        add!(format!("races/{fs}"), move |c: &Ctx| {
+            crate::dax_tests::races(c, fs)
+        });
     }
     t
 }
@@ -288,7 +296,15 @@ fn refuse_wrong_kind(c: &Ctx) -> TestResult {
         .read(true)
         .custom_flags(nix::libc::O_PATH)
         .open(c.fs("tmpfs")?)?;
+    let epoll = nix::sys::epoll::Epoll::new(nix::sys::epoll::EpollCreateFlags::EPOLL_CLOEXEC)?;
+    // SAFETY: pidfd_open of our own pid returns a new fd or -1.
+    let pidfd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, std::process::id(), 0) };
+    ensure!(pidfd >= 0, "pidfd_open: {}", Errno::last());
+    // SAFETY: pidfd is a new descriptor nothing else owns.
+    let pidfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd as i32) };
     let cases: Vec<(&str, i32)> = vec![
+        ("epoll", epoll.0.as_raw_fd()),
+        ("pidfd", pidfd.as_raw_fd()),
         ("directory", dir.as_raw_fd()),
         ("O_PATH directory", opath_dir.as_raw_fd()),
         ("pipe", rd.as_raw_fd()),
@@ -384,6 +400,19 @@ fn refuse_range(c: &Ctx) -> TestResult {
         MapReason::InvalidRange,
         "length u64::MAX",
     )?;
+    // The numbers are judged before the descriptor: a range whose end,
+    // rounded up to a page, wraps is invalid whatever the fd.
+    for (what, fd) in [("a file", fd), ("a closed fd", 100_000)] {
+        for len in [1, 4095] {
+            expect_refusal(
+                &m,
+                req(fd, u64::MAX - 4095, len, 0),
+                einval,
+                MapReason::InvalidRange,
+                &format!("last page of u64 + {len} with {what}"),
+            )?;
+        }
+    }
     expect_refusal(
         &m,
         req(fd, 0, u64::MAX - 4095, 0),
@@ -406,6 +435,18 @@ fn refuse_range(c: &Ctx) -> TestResult {
         MapReason::TooLarge,
         "max_map_bytes + 1",
     )?;
+    // Past 2^28 pages the page array would pass INT_MAX bytes, which the
+    // kernel's allocator refuses with a warning: too large whatever the caps.
+    {
+        let _cap = Param::set("max_pinned_bytes", &(1u64 << 50).to_string())?;
+        expect_refusal(
+            &m,
+            req(fd, 0, 2 << 40, 0),
+            efbig,
+            MapReason::TooLarge,
+            "2 TiB with the cap raised",
+        )?;
+    }
     let past_max = (i64::MAX as u64 + 1) - 4096;
     expect_refusal(
         &m,
@@ -626,6 +667,64 @@ fn refuse_memlock(c: &Ctx) -> TestResult {
         }
     });
     ensure!(matches!(st, WaitStatus::Exited(_, 0)), "child: {st:?}");
+    Ok(())
+}
+
+/// RLIMIT_MEMLOCK is checked before anything is allocated: a user whose
+/// limit refuses a huge mapping does not make the kernel allocate its page
+/// array first (seen with the alloc_vmap_area trace event).
+fn refuse_memlock_first(c: &Ctx) -> TestResult {
+    let m = c.module();
+    // A sparse 8 GiB file: 2M pages, a 16 MiB page array.
+    let len = 8u64 << 30;
+    let p = c.fs("tmpfs")?.join("sparse-huge.bin");
+    let _ = std::fs::remove_file(&p);
+    File::create(&p)?.set_len(len)?;
+    let f = open_ro(&p);
+    let _cap = Param::set("max_pinned_bytes", &(len * 2).to_string())?;
+    let trace = Path::new("/sys/kernel/tracing");
+    if !trace.join("events").exists() {
+        nix::mount::mount(
+            Some("tracefs"),
+            trace,
+            Some("tracefs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )?;
+    }
+    let event = trace.join("events/vmalloc/alloc_vmap_area");
+    std::fs::write(event.join("filter"), format!("size >= {}", len / 4096 * 8))?;
+    std::fs::write(trace.join("trace"), "")?;
+    std::fs::write(event.join("enable"), "1")?;
+    let st = in_child(|| {
+        use nix::sys::resource::{setrlimit, Resource};
+        if setrlimit(Resource::RLIMIT_MEMLOCK, 65536, 65536).is_err()
+            || nix::unistd::setuid(nix::unistd::Uid::from_raw(65534)).is_err()
+        {
+            return 10;
+        }
+        match m.map(f.as_fd(), 0, len, 0) {
+            Err(e) if e.errno == Errno::ENOMEM && e.reason == MapReason::MemlockLimit => 0,
+            Err(e) => {
+                println!("     refused with {e}");
+                11
+            }
+            Ok(_) => 12,
+        }
+    });
+    std::fs::write(event.join("enable"), "0")?;
+    std::fs::write(event.join("filter"), "0")?;
+    let log = std::fs::read_to_string(trace.join("trace"))?;
+    std::fs::remove_file(&p)?;
+    ensure!(matches!(st, WaitStatus::Exited(_, 0)), "child: {st:?}");
+    let allocs: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("alloc_vmap_area:"))
+        .collect();
+    ensure!(
+        allocs.is_empty(),
+        "the refused request allocated its page array first: {allocs:?}"
+    );
     Ok(())
 }
 
@@ -1029,6 +1128,37 @@ fn write_mapping_tmpfs(c: &Ctx) -> TestResult {
     Ok(())
 }
 
+/// tmpfs huge=always puts the file in huge pages. A pinned huge page cannot
+/// be split, so a truncation into it zeroes its tail and leaves it in the
+/// page cache: stores made past the new end of file would come back when
+/// the file grows again. Writable mappings of huge pages are refused; the
+/// same file mapped read-only is fine, and shows the zeroed tail after a
+/// truncation.
+fn write_mapping_huge(c: &Ctx) -> TestResult {
+    let m = c.module();
+    let (p, orig) = small_file(c, "tmpfs-huge", "huge-write.bin", 4 * MIB)?;
+    let f = open_rw(&p);
+    expect_refusal(
+        &m,
+        req(f.as_raw_fd(), 0, 4 * MIB as u64, flags::WRITE),
+        Errno::EOPNOTSUPP,
+        MapReason::WritePinNotAllowed,
+        "WRITE of huge pages",
+    )?;
+    let b = m.map(f.as_fd(), 0, 4 * MIB as u64, 0)?;
+    ensure!(
+        dmabuf_bytes(b.as_fd(), b.len())? == orig,
+        "huge pages read-only"
+    );
+    f.set_len(MIB as u64)?;
+    f.set_len(4 * MIB as u64)?;
+    ensure!(
+        std::fs::read(&p)?[MIB..].iter().all(|&x| x == 0),
+        "the file does not read zeros where it was truncated and grown"
+    );
+    Ok(())
+}
+
 fn write_mapping_memfd(c: &Ctx) -> TestResult {
     let len = 3 * 4096 + 10;
     let mut orig = data(len, 5);
@@ -1092,6 +1222,59 @@ fn readonly_mapping(c: &Ctx, fs: &str) -> TestResult {
     drop((map, ro, b));
     ensure!(std::fs::read(&p)? == orig, "{fs}: file changed");
     Ok(())
+}
+
+/// No importer executes file data: a dma-buf's CPU mapping is never
+/// executable, so that a file on a noexec mount cannot be run through one.
+fn no_exec(c: &Ctx) -> TestResult {
+    let dir = Path::new("/tmp/dmafile/noexec");
+    std::fs::create_dir_all(dir)?;
+    nix::mount::mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOEXEC,
+        Some("size=1M"),
+    )?;
+    let r = (|| -> TestResult {
+        // x86-64 "mov eax, 42; ret": what an attacker would jump to.
+        let code = [0xB8, 42, 0, 0, 0, 0xC3];
+        let p = write_file(dir, "code.bin", &code);
+        let f = open_ro(&p);
+        ensure!(
+            Mapping::new(
+                f.as_fd(),
+                4096,
+                ProtFlags::PROT_READ | ProtFlags::PROT_EXEC,
+                0
+            )
+            .err()
+                == Some(Errno::EPERM),
+            "the noexec mount itself lets the file be mapped executable"
+        );
+        let b = c.module().map(f.as_fd(), 0, 4096, 0)?;
+        let exec = Mapping::new(
+            b.as_fd(),
+            4096,
+            ProtFlags::PROT_READ | ProtFlags::PROT_EXEC,
+            0,
+        );
+        ensure!(
+            exec.as_ref().err() == Some(&Errno::EPERM),
+            "mmap(PROT_EXEC) of the dma-buf: {:?}",
+            exec.as_ref().map(|_| ())
+        );
+        let ro = Mapping::new(b.as_fd(), 4096, ProtFlags::PROT_READ, 0)?;
+        // SAFETY: changes the protection of our own mapping; expected to fail.
+        let r = unsafe { mprotect(ro.addr(), 4096, ProtFlags::PROT_READ | ProtFlags::PROT_EXEC) };
+        ensure!(
+            r == Err(Errno::EACCES),
+            "mprotect(PROT_EXEC) of the dma-buf: {r:?}"
+        );
+        Ok(())
+    })();
+    nix::mount::umount(dir)?;
+    r
 }
 
 fn cpu_access_sync(c: &Ctx) -> TestResult {
@@ -1270,7 +1453,7 @@ fn rmmod_while_mapped(c: &Ctx) -> TestResult {
 
 /// The two contents the race writer stores at each byte position; the
 /// reader accepts these or zero (holes, past EOF), nothing else.
-fn pattern(pos: u64, gen: u64) -> u8 {
+pub fn pattern(pos: u64, gen: u64) -> u8 {
     let mut x = pos.wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ gen.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
         ^ 0xD1B5_4A32_D192_ED03;
@@ -1280,37 +1463,40 @@ fn pattern(pos: u64, gen: u64) -> u8 {
     (x as u8) | 1 // never zero, so a zero is always a hole
 }
 
-fn page_of(page: u64, gen: u64) -> Vec<u8> {
+pub fn page_of(page: u64, gen: u64) -> Vec<u8> {
     (page * PAGE..(page + 1) * PAGE)
         .map(|pos| pattern(pos, gen))
         .collect()
 }
 
-struct Rng(u64);
+pub struct Rng(pub u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }
 
-/// Writes, truncates and hole punches against mappings. On DAX mounts a
-/// truncate or punch waits while a storage-direct mapping holds the blocks,
-/// and a punched hole is refused as `dax-unbacked` until rewritten.
-pub fn races(c: &Ctx, fs: &str) -> TestResult {
-    const PAGES: u64 = 64;
-    let dax = DAX_FS.contains(&fs);
-    let dur = Duration::from_millis(
+/// How long each race test runs: `DMAFILE_RACE_MS`, 3 s by default.
+pub fn race_duration() -> Duration {
+    Duration::from_millis(
         std::env::var("DMAFILE_RACE_MS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(3000),
-    );
+    )
+}
+
+/// Writes, truncates and hole punches against page-cache mappings (DAX
+/// mounts: dax_tests::races).
+pub fn races(c: &Ctx, fs: &str) -> TestResult {
+    const PAGES: u64 = 64;
+    let dur = race_duration();
     let p = c.fs(fs)?.join("races.bin");
     let _ = std::fs::remove_file(&p);
     let mut init = Vec::new();
@@ -1363,29 +1549,9 @@ pub fn races(c: &Ctx, fs: &str) -> TestResult {
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                     let off = r.below(PAGES) * PAGE;
                     let len = (1 + r.below(16)) * PAGE - r.below(PAGE);
-                    // On DAX one mapper maps for writing (allocating holes)
-                    // and stores the file's own pattern through the dma-buf.
-                    let write = dax && seed == 4;
-                    let fl = if write { flags::WRITE } else { 0 };
-                    match m.map(file.as_fd(), off, len, fl) {
+                    match m.map(file.as_fd(), off, len, 0) {
                         Ok(b) => {
                             maps.fetch_add(1, Ordering::Relaxed);
-                            if write {
-                                let n = b.len() as usize;
-                                let w = match Mapping::new(
-                                    b.as_fd(),
-                                    n,
-                                    ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                                    0,
-                                ) {
-                                    Ok(w) => w,
-                                    Err(e) => return fail(format!("mmap of a WRITE dma-buf: {e}")),
-                                };
-                                let pg = r.below(n as u64 / PAGE);
-                                let bytes: Vec<u8> =
-                                    (0..PAGE).map(|i| pattern(off + pg * PAGE + i, 1)).collect();
-                                w.write_at((pg * PAGE) as usize, &bytes);
-                            }
                             let got = match dmabuf_bytes(b.as_fd(), b.len()) {
                                 Ok(g) => g,
                                 Err(e) => return fail(format!("mmap of a dma-buf: {e}")),
@@ -1406,7 +1572,7 @@ pub fn races(c: &Ctx, fs: &str) -> TestResult {
                             if matches!(
                                 e.reason,
                                 MapReason::BeyondEof | MapReason::FileChanged
-                            ) || (dax && e.reason == MapReason::DaxUnbacked) =>
+                            ) =>
                         {
                             refusals.fetch_add(1, Ordering::Relaxed);
                         }
@@ -1420,21 +1586,10 @@ pub fn races(c: &Ctx, fs: &str) -> TestResult {
         return Err(format!("{fs}: {msg}").into());
     }
     let (maps, refusals) = (maps.into_inner(), refusals.into_inner());
-    println!("     {fs}: {maps} mappings checked, {refusals} refused (beyond-eof, file-changed, or on DAX dax-unbacked) in {dur:?}");
+    println!("     {fs}: {maps} mappings checked, {refusals} refused (beyond-eof, file-changed) in {dur:?}");
     ensure!(maps > 0, "{fs}: no mapping succeeded during the race");
-    // After the race: a mapping goes stale when its file is truncated, or,
-    // on DAX, the truncate waits for the mapping to go.
+    // After the race: a mapping goes stale when its file is truncated.
     file.set_len(PAGES * PAGE)?;
-    if dax {
-        file.write_all_at(&init, 0)?;
-        let b = m.map(file.as_fd(), 0, PAGES * PAGE, 0)?;
-        ensure!(
-            b.backing() == Backing::StorageDirect,
-            "{fs}: {:?}",
-            b.backing()
-        );
-        return crate::dax_tests::truncate_waits_for(&file, b, &init);
-    }
     let b = m.map(file.as_fd(), 0, PAGES * PAGE, 0)?;
     file.set_len(0)?;
     let st = m.status(b.as_fd())?;

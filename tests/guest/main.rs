@@ -17,6 +17,7 @@
 mod dax_tests;
 mod direct_tests;
 mod kmod_tests;
+mod layout_ops;
 mod region_tests;
 mod scanout_tests;
 mod util;

@@ -13,8 +13,13 @@ vng=$cache/venv/bin/vng
 export PATH=$cache/venv/bin:$PATH # vng runs virtme-run from there
 [ -x "$vng" ] || { echo "virtme-ng missing (run: scripts/setup.sh guest)" >&2; exit 1; }
 
-echo "guest: building dmafile.ko for $GUEST_KVER"
-make -s -C "$here/kmod" KDIR="$GUEST_KDIR" >/dev/null
+# DMAFILE_GUEST_KO: test another build of the module (e.g. an older
+# commit's, to see a new test fail on it) instead of this tree's.
+ko=${DMAFILE_GUEST_KO:-$here/kmod/dmafile.ko}
+if [ -z "${DMAFILE_GUEST_KO:-}" ]; then
+    echo "guest: building dmafile.ko for $GUEST_KVER"
+    make -s -C "$here/kmod" KDIR="$GUEST_KDIR" >/dev/null
+fi
 echo "guest: building vkms.ko (out of tree, from linux-source-6.12)"
 vkms_ko=$("$here/scripts/build-vkms.sh")
 vkms_bug_ko=$("$here/scripts/build-vkms.sh" --without-offset-fix)
@@ -39,7 +44,7 @@ echo "guest: booting $GUEST_VMLINUZ (${accel[*]:-kvm})"
 set +e
 timeout "${DMAFILE_GUEST_TIMEOUT:-1800}" "$vng" -r "$GUEST_VMLINUZ" "${accel[@]}" \
     --memory 3G --cpus 2 --rwdir "$out" --append "$PMEM_APPEND" \
-    --exec "$here/tests/guest/inside.sh $out $here/kmod/dmafile.ko $bin$quoted" 2>&1 | cat
+    --exec "$here/tests/guest/inside.sh $out $ko $bin$quoted" 2>&1 | cat
 # (through cat: QEMU reopens its stdout, which truncates a log file it is redirected to)
 vrc=${PIPESTATUS[0]}
 set -e

@@ -275,3 +275,52 @@ pub fn dmafile(args: &[&str]) -> Output {
         .output()
         .expect("run dmafile")
 }
+
+/// How a call that ran in a child ended when [`errno_within`] waited for it.
+pub type ChildErrno = Result<Result<(), Errno>, String>;
+
+/// Runs `f` in a forked child and waits at most `limit` for it: its result,
+/// or why there is none. A child still running after `limit` (blocked in
+/// the kernel) is sent SIGKILL and reaped by a thread whenever it dies, so
+/// that a test fails instead of hanging when a call waits.
+pub fn errno_within(
+    limit: std::time::Duration,
+    f: impl FnOnce() -> Result<(), Errno>,
+) -> ChildErrno {
+    use nix::sys::signal::{kill, Signal};
+    use nix::sys::wait::WaitPidFlag;
+    let t = std::time::Instant::now();
+    // SAFETY: see in_child; the child only makes system calls and exits.
+    match unsafe { fork() }.expect("fork") {
+        ForkResult::Child => {
+            let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                Ok(Ok(())) => 0,
+                Ok(Err(e)) => e as i32,
+                Err(_) => 255,
+            };
+            // SAFETY: leaving the forked child without unwinding.
+            unsafe { nix::libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => loop {
+            match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) if t.elapsed() < limit => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                Ok(WaitStatus::StillAlive) => {
+                    let _ = kill(child, Signal::SIGKILL);
+                    std::thread::spawn(move || waitpid(child, None));
+                    return Err(format!("still blocked after {limit:?}"));
+                }
+                Ok(WaitStatus::Exited(_, 0)) => return Ok(Ok(())),
+                Ok(WaitStatus::Exited(_, 255)) => return Err("the child panicked".into()),
+                Ok(WaitStatus::Exited(_, c)) => return Ok(Err(Errno::from_raw(c))),
+                other => return Err(format!("the child ended {other:?}")),
+            }
+        },
+    }
+}
+
+/// The errno of an I/O error (EIO when it has none).
+pub fn errno_of(e: std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO))
+}
