@@ -8,7 +8,7 @@ CARGO ?= cargo
 DEMO_SIZE ?= 256M
 DEMO_FILE ?= $(CACHE)/demo/dataset.bin
 
-.PHONY: all setup setup-guest build demo test test-host test-kmod test-guest lint clean
+.PHONY: all setup setup-guest build demo test test-host test-kmod test-guest test-guest-debug fuzz debug-kernel lint clean
 
 all: build
 
@@ -28,7 +28,7 @@ build: setup
 demo: build
 	scripts/demo.sh "$(DEMO_FILE)" "$(DEMO_SIZE)"
 
-test: setup-guest build test-host test-kmod test-guest
+test: setup-guest build test-host test-kmod test-guest test-guest-debug
 
 test-host:
 	$(CARGO) test --release --workspace --locked --no-fail-fast
@@ -38,9 +38,26 @@ test-host:
 test-kmod: setup-guest
 	scripts/kmod-check.sh
 
-# Boots the guest and runs tests/guest (TCG; DMAFILE_GUEST_KVM=1 for KVM).
+# Boots the guest and runs tests/guest (TCG; DMAFILE_GUEST_KVM=1 for KVM),
+# with a short fuzz run (tests/guest/fuzz.rs).
 test-guest: setup-guest
-	tests/guest/run.sh
+	DMAFILE_FUZZ_SECS=$${DMAFILE_FUZZ_SECS:-10} tests/guest/run.sh
+
+# The same tests and a longer fuzz run under the debug build of the same
+# kernel (KASAN, lockdep, kmemleak, DMA-API debug, UBSAN, ...), which the
+# first run builds (about 25 CPU-minutes) and caches in /var/cache/dmafile.
+test-guest-debug: setup-guest debug-kernel
+	DMAFILE_GUEST_KERNEL=debug DMAFILE_FUZZ_SECS=$${DMAFILE_FUZZ_SECS:-60} tests/guest/run.sh
+
+debug-kernel: setup-guest
+	scripts/debug-kernel.sh >/dev/null
+
+# The fuzzer alone under the debug kernel, for as long as asked:
+#   make fuzz FUZZ_SECS=3600 [FUZZ_SEED=n]
+FUZZ_SECS ?= 600
+fuzz: setup-guest debug-kernel
+	DMAFILE_GUEST_KERNEL=debug DMAFILE_FUZZ_SECS=$(FUZZ_SECS) $(if $(FUZZ_SEED),DMAFILE_FUZZ_SEED=$(FUZZ_SEED)) \
+		DMAFILE_GUEST_TIMEOUT=$$(( $(FUZZ_SECS) + 1200 )) tests/guest/run.sh fuzz
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -8,15 +8,27 @@ out=$1 ko=$2 bin=$3
 shift 3
 filters=("$@")
 log() { echo "guest: $*"; }
+# DMAFILE_RACE_MS, DMAFILE_FUZZ_SECS, DMAFILE_FUZZ_SEED from the host (run.sh).
+set -a
+# shellcheck disable=SC1091
+[ -f "$out/test.env" ] && . "$out/test.env"
+set +a
 fail() { log "setup failed: $*"; echo 1 >"$out/rc"; exit 1; }
 
+# Loads a module, unless the kernel has it built in (the debug kernel has
+# them all: run.sh copies its modules.builtin next to the other outputs).
+builtin=$out/modules.builtin
+[ -f "$builtin" ] || builtin=/lib/modules/$(uname -r)/modules.builtin
+load() {
+    grep -q "/$1\.ko\$" "$builtin" 2>/dev/null || modprobe "$1" || fail "modprobe $1"
+}
 for m in loop vgem ext4 xfs btrfs nd_e820 nd_pmem; do
-    modprobe "$m" || fail "modprobe $m"
+    load "$m"
 done
 insmod "$ko" || fail "insmod $ko"
 # vkms (built by run.sh): a display with a writeback connector.
 for m in drm_kms_helper drm_shmem_helper; do
-    modprobe "$m" || fail "modprobe $m"
+    load "$m"
 done
 insmod "$out/vkms.ko" enable_writeback=1 || fail "insmod vkms.ko"
 
@@ -59,6 +71,25 @@ dax_mount ext4-dax /dev/pmem0 mkfs.ext4 -q -F -b 4096
 dax_mount xfs-dax /dev/pmem1 mkfs.xfs -q -f -m reflink=1
 chmod 0755 "$base"/*/
 
+# The debug kernel's detectors (scripts/debug-kernel.config), as this
+# kernel has them: printed, so a run says what it was checked with.
+if [ -r /proc/config.gz ]; then
+    on=""
+    for opt in KASAN PROVE_LOCKING DEBUG_ATOMIC_SLEEP DEBUG_KMEMLEAK DMA_API_DEBUG \
+        DEBUG_VM DEBUG_LIST DEBUG_SG DEBUG_OBJECTS FORTIFY_SOURCE UBSAN \
+        DETECT_HUNG_TASK DEBUG_PAGEALLOC; do
+        zgrep -q "^CONFIG_$opt=y" /proc/config.gz && on+=" $opt"
+    done
+    log "kernel $(uname -r), detectors on:${on:- none}"
+fi
+kmemleak=/sys/kernel/debug/kmemleak
+[ -e /sys/kernel/debug/kmemleak ] || mount -t debugfs none /sys/kernel/debug 2>/dev/null
+if [ -e "$kmemleak" ]; then
+    # What boot and setup left is not ours to report.
+    echo scan >"$kmemleak"
+    echo clear >"$kmemleak"
+fi
+
 dmesg >"$out/dmesg-boot.txt"
 dmesg -C
 export DMAFILE_KO=$ko DMAFILE_VKMS=$out/vkms.ko DMAFILE_VKMS_OFFSET_BUG=$out/vkms-offset-bug.ko DMAFILE_MOUNTS=$mounts DMAFILE_PMEM=$pmem RUST_BACKTRACE=1
@@ -74,8 +105,23 @@ if ! rmmod dmafile; then
     log "rmmod dmafile failed after the tests: a reference leaked"
     rc=1
 fi
+if [ -e "$kmemleak" ]; then
+    # An object must be unreferenced for a while and in two scans to count.
+    sleep 6
+    echo scan >"$kmemleak"
+    sleep 1
+    echo scan >"$kmemleak"
+    cat "$kmemleak" >"$out/kmemleak.txt"
+    if [ -s "$out/kmemleak.txt" ]; then
+        head -n 60 "$out/kmemleak.txt"
+        log "kmemleak reports leaks (above; all in kmemleak.txt)"
+        rc=1
+    else
+        log "kmemleak: no leaks"
+    fi
+fi
 dmesg >"$out/dmesg.txt"
-if grep -nE 'WARNING:|BUG:|Oops|general protection|Call Trace|kmemleak|UBSAN|KASAN|Bad page|leak|refcount_t' "$out/dmesg.txt"; then
+if grep -nE 'WARNING:|BUG:|Oops|general protection|Call Trace|kmemleak|UBSAN|KASAN|Bad page|leak|refcount_t|blocked for more than|DMA-API|lockdep|circular locking|ODEBUG|list_(add|del) corruption' "$out/dmesg.txt"; then
     log "the kernel log has warnings (above; full log in dmesg.txt)"
     rc=1
 else

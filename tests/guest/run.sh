@@ -3,7 +3,11 @@
 # QEMU with virtme-ng (the host's root filesystem, read-only) and runs the
 # guest tests there. TCG by default: nested KVM fails on our CI machines;
 # DMAFILE_GUEST_KVM=1 uses KVM. Arguments filter tests by name.
-# Exit status: the guest's. The guest's log and dmesg land in $DMAFILE_CACHE/guest-run.
+# DMAFILE_GUEST_KERNEL=debug boots the debug build of the same kernel
+# (KASAN, lockdep, kmemleak, ...: scripts/debug-kernel.sh) instead, and the
+# run then also fails on a kmemleak report.
+# Exit status: the guest's. The guest's log and dmesg land in
+# $DMAFILE_CACHE/guest-run-<stock|debug>.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 cache=${DMAFILE_CACHE:-$here/.cache}
@@ -26,11 +30,16 @@ vkms_bug_ko=$("$here/scripts/build-vkms.sh" --without-offset-fix)
 cargo build --release --locked -q -p dmafile-guest-tests -p dmafile-cli -p safetensors-reduce -p scanout-play
 bin=$here/target/release/dmafile-guest-tests
 
-out=$cache/guest-run
+out=$cache/guest-run-${DMAFILE_GUEST_KERNEL:-stock}
 rm -rf "$out"
 mkdir -p "$out"
 cp "$vkms_ko" "$out/vkms.ko" # inside.sh loads it from there
 cp "$vkms_bug_ko" "$out/vkms-offset-bug.ko" # scanout/vkms-offset-bug loads it
+if [ -f "$GUEST_KDIR/modules.builtin" ] && [ "${DMAFILE_GUEST_KERNEL:-stock}" = debug ]; then
+    cp "$GUEST_KDIR/modules.builtin" "$out/" # inside.sh: what not to modprobe
+fi
+# The tests' own knobs reach the guest through a file it sources.
+env | grep -E '^DMAFILE_(RACE_MS|FUZZ_SECS|FUZZ_SEED)=' >"$out/test.env" || true
 accel=(--disable-kvm)
 [ "${DMAFILE_GUEST_KVM:-0}" = 1 ] && accel=()
 quoted=""
