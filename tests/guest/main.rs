@@ -16,6 +16,7 @@
 
 mod dax_tests;
 mod direct_tests;
+mod fuzz;
 mod kmod_tests;
 mod layout_ops;
 mod region_tests;
@@ -48,6 +49,7 @@ fn main() {
     tests.extend(region_tests::all());
     tests.extend(dax_tests::all());
     tests.extend(scanout_tests::all());
+    tests.extend(fuzz::all());
     let (mut passed, mut failed) = (0, 0);
     let mut failures = Vec::new();
     for (name, f) in tests {
