@@ -239,24 +239,18 @@ void dmafile_buf_destroy(struct dmafile_buf *buf)
 	kfree(buf);
 }
 
-/*
- * Lets go of the buffer's pages: unpins page-cache pages (marking them
- * dirty with @dirty, so that a WRITE buffer's data reaches the file), or
- * releases a storage-direct buffer's hold on its file's layout.
- */
-void dmafile_buf_put_pages(struct dmafile_buf *buf, bool dirty)
+void dmafile_buf_free(struct dmafile_buf *buf)
 {
-	if (buf->backing == DMAFILE_BACKING_STORAGE_DIRECT)
+	if (buf->backing == DMAFILE_BACKING_STORAGE_DIRECT) {
+		/* It uncharges and frees the buffer, perhaps from a worker. */
 		dmafile_dax_release(buf);
-	else if (dirty)
+		return;
+	}
+	/* Dirtied, so that a WRITE buffer's data reaches the file. */
+	if (dmafile_buf_writable(buf))
 		unpin_user_pages_dirty_lock(buf->pages, buf->npages, true);
 	else
 		unpin_user_pages(buf->pages, buf->npages);
-}
-
-void dmafile_buf_free(struct dmafile_buf *buf)
-{
-	dmafile_buf_put_pages(buf, dmafile_buf_writable(buf));
 	dmafile_uncharge(&buf->charge);
 	dmafile_buf_destroy(buf);
 }

@@ -15,8 +15,9 @@
  * behind it. So dmafile does not rely on the wait: it freezes the file's
  * layout for as long as a storage-direct dma-buf of it lives, the way
  * swapon(2) does for a swap file, whose blocks the kernel also addresses
- * directly. The inode gets S_SWAPFILE, and every operation that can free
- * or move its blocks refuses at once (6.12 sources):
+ * directly, and denies opening it for writing, the way exec does for a
+ * running program. The inode gets S_SWAPFILE, and every operation that can
+ * free or move its blocks refuses at once (6.12 sources):
  *
  *   truncate to a smaller size	inode_newsize_ok()		ETXTBSY
  *   fallocate, any mode	vfs_fallocate()			ETXTBSY
@@ -26,13 +27,15 @@
  *   mmap(MAP_SHARED, PROT_WRITE) do_mmap()			ETXTBSY
  *   XFS_IOC_SWAPEXT		xfs_ioc_swapext()		EINVAL
  *   XFS_IOC_EXCHANGE_RANGE	xfs_exchange_range_checks()	ETXTBSY
- *   EXT4_IOC_MOVE_EXT		mext_check_arguments()		ETXTBSY
  *   EXT4_IOC_SWAP_BOOT		swap_inode_boot_loader()	EINVAL
  *   unlink, rename over it	may_delete(), vfs_rename()	EPERM
  *
- * Freeing blocks otherwise needs the inode to be evicted, which the
- * dma-buf's reference to the file prevents. Growing the file (truncate
- * up) is still allowed: it frees nothing.
+ * and i_writecount is negative, so opening the file for writing fails with
+ * ETXTBSY: that also stops what calls ->fallocate() without
+ * vfs_fallocate() (a loop device's discard, a SCSI target's unmap), which
+ * needs the file open for writing. Freeing blocks otherwise needs the
+ * inode to be evicted, which the dma-buf's reference to the file prevents.
+ * Growing the file frees nothing and is allowed to a writable file.
  *
  * Operations that checked before the flag was set. vfs_fallocate() and
  * xfs_ioc_swapext() look at S_SWAPFILE before they take i_rwsem, so one
@@ -40,13 +43,13 @@
  * need a file open for writing. dmafile sets the flag under i_rwsem and
  * then, after a full barrier that orders it against the atomic increments
  * of opening for writing (get_write_access()) and of taking a reference to
- * a file (fget()), checks that no such operation can be in flight: no
- * file of the inode is open for writing except the caller's own, and that
- * one is not shared or in use (its only references are the caller's fd and
- * this call). Otherwise the request is refused with file-busy (ETXTBSY),
- * and the runtime falls back to another path. The operations that check
- * under i_rwsem (truncate, remap, exchange range, move extents, swap boot)
- * are ordered by the lock itself.
+ * a file (fget()), takes write access away in one atomic step that fails
+ * if a file is open for writing: for a read-only buffer any (the caller's
+ * included), for a WRITE buffer any but the caller's own, which must not
+ * be shared (its only references are the caller's fd, this call and the
+ * temporary mapping). Otherwise the request is refused with file-busy.
+ * The operations that check under i_rwsem (truncate, remap, exchange
+ * range, swap boot) are ordered by the lock itself.
  *
  * No page references. With the layout frozen, the pages stay the file's
  * blocks without pins, so dmafile holds none: dax_layout_busy_page() never
@@ -60,25 +63,33 @@
  * mapping at that address is the one dmafile made, so that another thread
  * of the caller cannot substitute another file's pages; the references GUP
  * takes are dropped at once. The mapping is gone before the ioctl returns,
- * so nothing of the caller's address space outlives the call. A read fault
- * of a hole or unwritten extent maps the zero page, which is refused
+ * and no reference to the caller's address space is kept. A read fault of
+ * a hole or unwritten extent maps the zero page, which is refused
  * (dax-unbacked); a write fault allocates holes, converts unwritten
- * extents and copies blocks shared by reflink, so a WRITE mapping gets
- * blocks of the file's own. Blocks shared by reflink are mapped for
- * reading as they are: they are reference-counted, so they stay while this
- * file holds them, and a write through the other file copies them first.
+ * extents and copies blocks shared by reflink, so a WRITE buffer gets
+ * blocks of the file's own. Blocks shared by reflink are mapped for reading
+ * as they are: they are reference-counted, so they stay while this file
+ * holds them, a write through the other file copies them first, and
+ * nothing can write this file (which would copy them away from under the
+ * buffer) while no file of it is open for writing.
  *
- * WRITE mappings change the layout while they fault (allocation, copy on
- * write), which must not happen under another storage-direct dma-buf of
- * the file, and mmap(PROT_WRITE) is refused once the flag is set: a WRITE
- * mapping is made only while no other storage-direct dma-buf of the file
- * lives, holding i_rwsem until its faults are done.
+ * WRITE buffers need the file to themselves: their faults change the
+ * layout, and their file stays writable. So one is made only while no other
+ * storage-direct dma-buf of the file lives, holding i_rwsem until its
+ * faults are done, and no other is made while it lives.
+ *
+ * Who may freeze. A frozen file stops everybody, as a lease does for a
+ * while: the caller must own the file or have CAP_LEASE, as for
+ * vfs_setlease(). Release takes i_rwsem only if it can at once; a worker
+ * does it otherwise, so that closing never sleeps unkillably.
  *
  * Costs to other users of the file, while a storage-direct dma-buf lives:
- * the operations in the table fail; a file open for writing elsewhere
- * cannot be mapped storage-direct. Reads, read-only mmaps and stat are
- * unaffected.
+ * it cannot be opened for writing, the operations in the table fail, it
+ * cannot be unlinked; a file open for writing anywhere cannot be mapped
+ * storage-direct. Reads, read-only mmaps and stat are unaffected.
  */
+#include <linux/capability.h>
+#include <linux/cred.h>
 #include <linux/fdtable.h>
 #include <linux/fs.h>
 #include <linux/hashtable.h>
@@ -87,6 +98,8 @@
 #include <linux/memremap.h>
 #include <linux/mm.h>
 #include <linux/mman.h>
+#include <linux/mnt_idmapping.h>
+#include <linux/module.h>
 #include <linux/sched/mm.h>
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
@@ -99,6 +112,8 @@ struct dmafile_claim {
 	struct hlist_node node;
 	struct inode *inode;
 	unsigned long count;	/* dma-bufs; changed under the inode's i_rwsem */
+	int denied;		/* taken off i_writecount to deny write opens */
+	bool write;		/* a WRITE buffer's: nobody may join it */
 };
 
 static DEFINE_HASHTABLE(dmafile_claims, 6);
@@ -130,26 +145,42 @@ static struct dmafile_claim *dmafile_claim_find(struct inode *inode)
 }
 
 /*
- * Can no operation that checks S_SWAPFILE before taking i_rwsem be past its
- * check? Each needs a file of the inode open for writing. When the caller's
- * own file is one, it must be the only one, and nobody else may be using
+ * Denies opening the inode for writing from now on, as exec does, if no
+ * operation that checks S_SWAPFILE before taking i_rwsem can be past its
+ * check: each needs a file of the inode open for writing. For a read-only
+ * buffer, no file may be open for writing, the caller's included (which
+ * also keeps every write fault, and with it copy on write of blocks shared
+ * by reflink, away from the file while it is frozen). For a WRITE buffer,
+ * the caller's own file must be the only one, and nobody else may be using
  * it: its references must be exactly the caller's fd (@fd, still in the fd
  * table), this call's and the temporary mapping's at @addr. Called after
  * S_SWAPFILE is set and a full barrier: an operation that takes a
- * reference or write access later sees the flag.
+ * reference or write access later sees the flag. Returns how much was
+ * taken off i_writecount (to give back when unfrozen), or 0 for refused.
  */
-static bool dmafile_dax_no_writer_in_flight(struct file *file, int fd,
-					    unsigned long addr)
+static int dmafile_dax_deny_writers(struct dmafile_buf *buf, int fd,
+				    unsigned long addr)
 {
+	struct file *file = buf->file;
+	struct inode *inode = file_inode(file);
+	bool write = dmafile_buf_writable(buf);
 	struct files_struct *files = current->files;
 	struct mm_struct *mm = current->mm;
 	struct vm_area_struct *vma;
+	int writers, denied = write ? 2 : 1;
 	bool ok;
 
-	if (!(file->f_mode & FMODE_WRITER))
-		return atomic_read(&file_inode(file)->i_writecount) <= 0;
-	if (atomic_read(&file_inode(file)->i_writecount) != 1)
-		return false;
+	if (!write && (file->f_mode & FMODE_WRITER))
+		return 0;
+	/* Atomic with get_write_access(), which fails once it is negative. */
+	writers = atomic_read(&inode->i_writecount);
+	do {
+		if (write ? writers != 1 : writers > 0)
+			return 0;
+	} while (!atomic_try_cmpxchg(&inode->i_writecount, &writers,
+				     writers - denied));
+	if (!write)
+		return denied;
 	mmap_read_lock(mm);
 	vma = vma_lookup(mm, addr);
 	ok = vma && vma->vm_start == addr && vma->vm_file == file;
@@ -158,7 +189,10 @@ static bool dmafile_dax_no_writer_in_flight(struct file *file, int fd,
 	     file_count(file) == 3;
 	spin_unlock(&files->file_lock);
 	mmap_read_unlock(mm);
-	return ok;
+	if (ok)
+		return denied;
+	atomic_add(denied, &inode->i_writecount);
+	return 0;
 }
 
 /*
@@ -172,6 +206,7 @@ static u32 dmafile_dax_claim(struct dmafile_buf *buf, int fd,
 {
 	struct inode *inode = file_inode(buf->file);
 	struct dmafile_claim *c;
+	int denied;
 
 	/*
 	 * A truncate may have shrunk the file since the request was checked
@@ -184,11 +219,12 @@ static u32 dmafile_dax_claim(struct dmafile_buf *buf, int fd,
 	c = dmafile_claim_find(inode);
 	if (c) {
 		/*
-		 * The flag has been set, with no writer in flight, ever since
-		 * c was made. A WRITE mapping's faults would change the
-		 * layout under c's dma-bufs.
+		 * The flag has been set, and write opens denied, ever since c
+		 * was made. A WRITE buffer's faults would change the layout
+		 * under c's buffers; a WRITE buffer's file, still writable,
+		 * could copy blocks shared by reflink under a new buffer.
 		 */
-		if (dmafile_buf_writable(buf)) {
+		if (dmafile_buf_writable(buf) || c->write) {
 			spin_unlock(&dmafile_claims_lock);
 			return DMAFILE_REASON_FILE_BUSY;
 		}
@@ -203,7 +239,8 @@ static u32 dmafile_dax_claim(struct dmafile_buf *buf, int fd,
 	inode->i_flags |= S_SWAPFILE;
 	/* Pairs with get_write_access() and fget(): see the header. */
 	smp_mb();
-	if (!dmafile_dax_no_writer_in_flight(buf->file, fd, addr)) {
+	denied = dmafile_dax_deny_writers(buf, fd, addr);
+	if (!denied) {
 		inode->i_flags &= ~S_SWAPFILE;
 		return DMAFILE_REASON_FILE_BUSY;
 	}
@@ -211,6 +248,8 @@ static u32 dmafile_dax_claim(struct dmafile_buf *buf, int fd,
 	*fresh = NULL;
 	c->inode = inode;
 	c->count = 1;
+	c->denied = denied;
+	c->write = dmafile_buf_writable(buf);
 	spin_lock(&dmafile_claims_lock);
 	hash_add(dmafile_claims, &c->node, (unsigned long)inode);
 	spin_unlock(&dmafile_claims_lock);
@@ -230,6 +269,7 @@ static void dmafile_dax_unclaim(struct inode *inode)
 	}
 	if (!--c->count) {
 		hash_del(&c->node);
+		atomic_add(c->denied, &inode->i_writecount);
 		inode->i_flags &= ~S_SWAPFILE;
 	} else {
 		c = NULL;
@@ -315,6 +355,8 @@ static u32 dmafile_dax_hold_pages(struct dmafile_buf *buf)
 			reason = DMAFILE_REASON_DAX_UNBACKED;
 			break;
 		}
+		if (!(i % DMAFILE_PIN_BATCH))
+			cond_resched();
 		/* One reference per page; put_pages drops page->pgmap's. */
 		if (pgmap && pgmap == page->pgmap) {
 			percpu_ref_get(&pgmap->ref);
@@ -361,14 +403,18 @@ void dmafile_dax_put_pages(struct dmafile_buf *buf)
 {
 	unsigned long i;
 
-	for (i = 0; i < buf->npages; i++)
+	for (i = 0; i < buf->npages; i++) {
 		put_dev_pagemap(buf->pages[i]->pgmap);
+		if (!(i % DMAFILE_PIN_BATCH))
+			cond_resched();
+	}
 }
 
 /* A claim to drop once the inode's i_rwsem can be taken. */
 struct dmafile_unclaim {
 	struct work_struct work;
-	struct file *file;
+	struct file *file;		/* the worker's own reference */
+	struct dmafile_buf *buf;	/* to finish releasing, or NULL */
 };
 
 static void dmafile_dax_unclaim_work(struct work_struct *work)
@@ -380,28 +426,33 @@ static void dmafile_dax_unclaim_work(struct work_struct *work)
 	inode_lock(inode);
 	dmafile_dax_unclaim(inode);
 	inode_unlock(inode);
+	if (u->buf) {
+		dmafile_uncharge(&u->buf->charge);
+		dmafile_buf_destroy(u->buf);
+	}
 	fput(u->file);
 	kfree(u);
+	/*
+	 * Taken when the work was queued, so that rmmod fails rather than
+	 * waits while a claim is pending. The rest of this function runs
+	 * before destroy_workqueue() in module exit can return.
+	 */
+	module_put(THIS_MODULE);
 }
 
 /*
- * Drops a claim of @file's inode. i_rwsem is taken killably: if a fatal
- * signal is pending (an exiting process closing its files), a worker drops
- * the claim instead, so that the caller never sleeps unkillably.
+ * Drops a claim of @file's inode from a worker, which waits for i_rwsem as
+ * long as it takes; then finishes releasing @buf if it is not NULL.
  */
-static void dmafile_dax_unclaim_file(struct file *file)
+static void dmafile_dax_defer_unclaim(struct file *file,
+				      struct dmafile_buf *buf)
 {
-	struct inode *inode = file_inode(file);
 	struct dmafile_unclaim *u;
 
-	if (!down_write_killable(&inode->i_rwsem)) {
-		dmafile_dax_unclaim(inode);
-		inode_unlock(inode);
-		return;
-	}
 	u = kmalloc(sizeof(*u), GFP_KERNEL | __GFP_NOFAIL);
-	/* The worker's own reference: the caller may free its file now. */
 	u->file = get_file(file);
+	u->buf = buf;
+	__module_get(THIS_MODULE);
 	INIT_WORK(&u->work, dmafile_dax_unclaim_work);
 	queue_work(dmafile_dax_wq, &u->work);
 }
@@ -424,6 +475,13 @@ u32 dmafile_dax_map(struct dmafile_buf *buf, int fd, loff_t offset,
 	u32 reason;
 	int ret;
 
+	/*
+	 * Freezing the file stops everybody from changing it, as a lease
+	 * does for a while: ask what vfs_setlease() asks.
+	 */
+	if (!vfsuid_eq_kuid(i_uid_into_vfsuid(file_mnt_idmap(buf->file), inode),
+			    current_fsuid()) && !capable(CAP_LEASE))
+		return DMAFILE_REASON_NOT_OWNER;
 	fresh = kzalloc(sizeof(*fresh), GFP_KERNEL);
 	if (!fresh)
 		return DMAFILE_REASON_NO_MEMORY;
@@ -457,7 +515,12 @@ u32 dmafile_dax_map(struct dmafile_buf *buf, int fd, loff_t offset,
 			dmafile_dax_unclaim(inode);
 		inode_unlock(inode);
 	} else if (reason) {
-		dmafile_dax_unclaim_file(buf->file);
+		if (!down_write_killable(&inode->i_rwsem)) {
+			dmafile_dax_unclaim(inode);
+			inode_unlock(inode);
+		} else {
+			dmafile_dax_defer_unclaim(buf->file, NULL);
+		}
 	}
 out_unmap:
 	vm_munmap(addr, len);
@@ -466,15 +529,28 @@ out_unmap:
 }
 
 /*
- * Releasing a storage-direct buffer (from __fput(), holding no locks):
- * drops the pagemap references, writes the CPU caches back to the media
- * for a WRITE buffer, and unfreezes the file's layout. The buffer's file
- * is the caller's to drop.
+ * Releases a storage-direct buffer, from dma-buf release (__fput(), holding
+ * no locks) or a failed export: drops the pagemap references, writes the
+ * CPU caches back to the media for a WRITE buffer, unfreezes the file's
+ * layout, uncharges and frees the buffer. It never sleeps on i_rwsem: a
+ * closing or exiting task must not wait, unkillably, for whoever holds it
+ * (a DAX read into a buffer that faults slowly holds it shared); when the
+ * lock is taken, a worker finishes, and until then the buffer still counts
+ * in QUERY's nr_buffers.
  */
 void dmafile_dax_release(struct dmafile_buf *buf)
 {
+	struct inode *inode = file_inode(buf->file);
+
 	if (dmafile_buf_writable(buf))
 		dmafile_dax_flush(buf);
 	dmafile_dax_put_pages(buf);
-	dmafile_dax_unclaim_file(buf->file);
+	if (down_write_trylock(&inode->i_rwsem)) {
+		dmafile_dax_unclaim(inode);
+		inode_unlock(inode);
+		dmafile_uncharge(&buf->charge);
+		dmafile_buf_destroy(buf);
+		return;
+	}
+	dmafile_dax_defer_unclaim(buf->file, buf);
 }

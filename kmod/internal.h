@@ -72,7 +72,6 @@ static inline pgoff_t dmafile_eof_index(const struct dmafile_buf *buf)
 
 /* buf.c: the dma_buf_ops; release() frees the buffer. */
 extern const struct dma_buf_ops dmafile_dmabuf_ops;
-void dmafile_buf_put_pages(struct dmafile_buf *buf, bool dirty);
 void dmafile_buf_free(struct dmafile_buf *buf);
 void dmafile_buf_destroy(struct dmafile_buf *buf);
 

@@ -53,6 +53,7 @@ static const int dmafile_reason_errno[] = {
 	[DMAFILE_REASON_INTERRUPTED] = EINTR,
 	[DMAFILE_REASON_DAX_UNBACKED] = ENODATA,
 	[DMAFILE_REASON_FILE_BUSY] = ETXTBSY,
+	[DMAFILE_REASON_NOT_OWNER] = EACCES,
 	/* MAP_FAILED carries the errno the filesystem or LSM gave instead. */
 };
 
@@ -322,8 +323,13 @@ int dmafile_map_file(struct dmafile_map *m, struct dma_buf **dmabuf)
 	return 0;
 
 err_unpin:
+	if (buf->backing == DMAFILE_BACKING_STORAGE_DIRECT) {
+		/* It uncharges, frees buf and drops the file. */
+		dmafile_dax_release(buf);
+		return ret;
+	}
 	/* Nothing has written through the pages yet: no need to dirty them. */
-	dmafile_buf_put_pages(buf, false);
+	unpin_user_pages(buf->pages, buf->npages);
 err_free_pages:
 	kvfree(buf->pages);
 	mutex_destroy(&buf->lock);

@@ -181,7 +181,8 @@ reasons! {
     Interrupted = 21, "interrupted", "interrupted by a signal";
     MapFailed = 22, "map-failed", "the filesystem or a security module refused to map the file";
     DaxUnbacked = 23, "dax-unbacked", "on a DAX mount the range has holes or unwritten extents, which have no storage to map: write the range first, or map it for writing";
-    FileBusy = 24, "file-busy", "on a DAX mount the file's layout cannot be frozen now: it is open for writing elsewhere, the descriptor is shared or in use, it is a swap file, or (for writing) another storage-direct mapping of it lives";
+    FileBusy = 24, "file-busy", "on a DAX mount the file's layout cannot be frozen now: it is open for writing (a read-only mapping needs even its own descriptor read-only), the descriptor is shared or in use, it is a swap file, or a storage-direct mapping for writing (or, to write, any other) of it lives";
+    NotOwner = 25, "not-owner", "on a DAX mount a mapping stops everyone from changing the file while it lives, which only the file's owner (or CAP_LEASE) may ask";
 }
 
 impl fmt::Display for MapReason {

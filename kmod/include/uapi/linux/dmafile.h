@@ -47,10 +47,12 @@
  * @DMAFILE_BACKING_PAGE_CACHE: the file's own page-cache pages, pinned.
  * @DMAFILE_BACKING_STORAGE_DIRECT: the storage's own memory that holds the
  *	file's blocks (DAX); the page cache is not used. While the dma-buf
- *	lives, the file's block layout is frozen as a swap file's is:
+ *	lives, the file's block layout is frozen as a swap file's is: opening
+ *	it for writing fails with ETXTBSY (as for a running program), and
+ *	through a file already open for writing (a WRITE mapping's own),
  *	write(2), shrinking truncate, fallocate, reflink and dedupe, extent
  *	swaps and exchanges fail with ETXTBSY (EINVAL for XFS_IOC_SWAPEXT
- *	and EXT4_IOC_SWAP_BOOT), unlink and rename over it with EPERM.
+ *	and EXT4_IOC_SWAP_BOOT); unlink and rename over it fail with EPERM.
  *	Nothing waits for the dma-buf, and nothing of the caller's address
  *	space is kept.
  */
@@ -116,11 +118,17 @@ enum dmafile_backing {
  *	another file by reflink are mapped: they stay while this file holds
  *	them, and writes through the other file copy them first.
  * @DMAFILE_REASON_FILE_BUSY: storage-direct only: the file's layout cannot
- *	be frozen now (ETXTBSY). It is open for writing by another file
- *	descriptor than @fd, or @fd is shared or in use elsewhere (duplicated,
- *	inherited, in a concurrent call), so a layout change could already be
- *	under way; or it is an active swap file; or, for DMAFILE_MAP_WRITE,
- *	another storage-direct dma-buf of the file lives.
+ *	be frozen now (ETXTBSY). It is open for writing: by anyone, for a
+ *	read-only mapping (@fd included: open it read-only); by another file
+ *	descriptor than @fd for DMAFILE_MAP_WRITE, or @fd is shared or in
+ *	use elsewhere (duplicated, inherited, in a concurrent call). Or it is
+ *	an active swap file, or a WRITE storage-direct dma-buf of it lives
+ *	(which needs the file to itself), or, for DMAFILE_MAP_WRITE, any
+ *	other storage-direct dma-buf of it lives.
+ * @DMAFILE_REASON_NOT_OWNER: storage-direct only: the caller neither owns
+ *	the file nor has CAP_LEASE. A storage-direct dma-buf stops everybody
+ *	from changing the file while it lives, which only the owner may ask,
+ *	as for a lease (EACCES).
  */
 enum dmafile_reason {
 	DMAFILE_REASON_NONE = 0,
@@ -148,6 +156,7 @@ enum dmafile_reason {
 	DMAFILE_REASON_MAP_FAILED = 22,
 	DMAFILE_REASON_DAX_UNBACKED = 23,
 	DMAFILE_REASON_FILE_BUSY = 24,
+	DMAFILE_REASON_NOT_OWNER = 25,
 };
 
 /* Capability bits of &dmafile_query.caps. */
@@ -195,7 +204,9 @@ struct dmafile_query {
  * @offset: in: start of the range in the file; a multiple of the page size.
  * @length: in: length of the range; it may end anywhere up to the end of
  *	the file rounded up to a page. The dma-buf covers the range rounded up
- *	to whole pages; bytes past the end of the file read as zeros.
+ *	to whole pages; bytes past the end of the file read as a shared mmap
+ *	of the file shows them: zeros, unless a writer stored there through
+ *	one.
  * @dmabuf_fd: out: the new dma-buf's fd.
  * @backing: out: an &enum dmafile_backing value.
  * @mapped_length: out: the dma-buf's size (@length rounded up to a page).
