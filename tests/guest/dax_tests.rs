@@ -36,12 +36,13 @@ pub fn all() -> Vec<(String, TestFn)> {
         "dax/stream-direct".into(),
         Box::new(stream_direct) as TestFn,
     )];
-    let per_fs: [(&str, PerFs); 8] = [
+    let per_fs: [(&str, PerFs); 9] = [
         ("map", map_dax),
         ("holes", holes),
         ("frozen", frozen),
         ("no-waiting", no_waiting),
         ("file-busy", file_busy),
+        ("not-owner", not_owner),
         ("nothing-kept", nothing_kept),
         ("maker-exits", maker_exits),
         ("write-remount", write_remount),
@@ -210,6 +211,9 @@ fn holes(c: &Ctx, fs: &str) -> TestResult {
     f.set_len(256 << 10)?;
     f.write_all_at(&data(64 << 10, 1), 0)?;
     f.write_all_at(&data(64 << 10, 2), 192 << 10)?;
+    // Read-only mappings need the file open for writing nowhere.
+    drop(f);
+    let f = open_ro(&p);
     let e = m
         .map(f.as_fd(), 0, 256 << 10, 0)
         .err()
@@ -220,7 +224,6 @@ fn holes(c: &Ctx, fs: &str) -> TestResult {
     );
     m.map(f.as_fd(), 0, 64 << 10, 0)?;
     m.map(f.as_fd(), 192 << 10, 64 << 10, 0)?;
-    // A file open for writing elsewhere cannot be mapped storage-direct.
     drop(f);
     // The runtime's auto falls back past the refusal and reads the hole
     // as zeros: a shader's sum equals the CPU's over the file's bytes.
@@ -271,6 +274,8 @@ fn holes(c: &Ctx, fs: &str) -> TestResult {
         0,
         128 << 10,
     )?;
+    drop(uf);
+    let uf = open_ro(&u);
     let e = m
         .map(uf.as_fd(), 0, 128 << 10, 0)
         .err()
@@ -318,18 +323,46 @@ const PROMPT: Duration = Duration::from_secs(2);
 
 /// An operation that can free or move a file's blocks, run on (the file,
 /// another file of the same filesystem, the same size), and the errno it
-/// must give while a storage-direct mapping of the file lives.
+/// must give while a storage-direct mapping of the file lives, through the
+/// mapping's own writable descriptor. Another process that must open the
+/// file for writing first gets ETXTBSY from open when `opens` is set.
 struct LayoutOp {
     what: &'static str,
     run: fn(&Path, &Path) -> layout_ops::OpResult,
     frozen: Errno,
+    opens: bool,
+}
+
+impl LayoutOp {
+    /// What it gives another process, which opens the file itself.
+    fn opened(&self) -> Errno {
+        if self.opens {
+            Errno::ETXTBSY
+        } else {
+            self.frozen
+        }
+    }
 }
 
 /// Every such operation on `fs`, as one table (docs/kmod.md lists them).
 fn layout_changes(fs: &str) -> Vec<LayoutOp> {
     use layout_ops as o;
     use nix::fcntl::FallocateFlags as F;
-    let op = |what, run, frozen| LayoutOp { what, run, frozen };
+    // Most open the file for writing; these do not.
+    let reads_only = [
+        "FICLONE out of it",
+        "FIDEDUPERANGE into it",
+        "truncate(2) by path",
+        "open(O_TRUNC)",
+        "rename another file over it",
+        "unlink",
+    ];
+    let op = |what, run, frozen| LayoutOp {
+        what,
+        run,
+        frozen,
+        opens: !reads_only.contains(&what),
+    };
     let (busy, perm, inval) = (Errno::ETXTBSY, Errno::EPERM, Errno::EINVAL);
     // The extent swaps first: they are the ones that never waited.
     let mut v = Vec::new();
@@ -450,33 +483,30 @@ fn judge(fs: &str, what: &str, want: layout_ops::OpResult, got: ChildErrno) -> T
     }
 }
 
-/// While a storage-direct mapping lives, every operation that could free
-/// or move the file's blocks fails at once, from any process, on either
-/// end of a two-file operation (extent swaps included: they never waited
-/// for pinned DAX pages); reads and other tasks' I/O go on without waiting,
-/// the file may grow, and the mapping keeps the file's bytes. Once the
-/// mapping is released, the operations work again.
-fn frozen(c: &Ctx, fs: &str) -> TestResult {
-    use layout_ops as o;
-    let dir = c.fs(fs)?;
-    let init = data(MIB as usize, 77);
-    let p = write_file(dir, "frozen.bin", &init);
-    let other_bytes = data(MIB as usize, 78);
-    let other = write_file(dir, "frozen-other.bin", &other_bytes);
-    // The descriptor may go: the dma-buf holds the file.
-    let b = c.module().map(open_ro(&p).as_fd(), 0, MIB, 0)?;
-    ensure!(
-        b.backing() == Backing::StorageDirect,
-        "{fs}: {:?}",
-        b.backing()
-    );
+/// Runs every operation of the table against `p` and judges it by `want`,
+/// skipping (and saying so) one the filesystem does not have at all.
+fn each_refused(
+    fs: &str,
+    p: &Path,
+    other: &Path,
+    own: Option<&File>,
+    want: impl Fn(&LayoutOp) -> Errno,
+) -> TestResult {
+    let dir = p.parent().unwrap();
     for op in layout_changes(fs) {
-        let got = errno_within(PROMPT, || (op.run)(&p, &other));
-        if got == Ok(Err(Errno::EOPNOTSUPP)) && op.frozen != Errno::EOPNOTSUPP {
+        let got = errno_within(PROMPT, || {
+            if let Some(f) = own {
+                layout_ops::through(p, f);
+            }
+            (op.run)(p, other)
+        });
+        let want = want(&op);
+        if got == Ok(Err(Errno::EOPNOTSUPP)) && want != Errno::EOPNOTSUPP {
             // Skipped, not passed, if this filesystem lacks the operation.
+            let bytes = std::fs::read(other)?;
             let (a, b) = (
-                write_file(dir, "probe-a.bin", &init),
-                write_file(dir, "probe-b.bin", &init),
+                write_file(dir, "probe-a.bin", &bytes),
+                write_file(dir, "probe-b.bin", &bytes),
             );
             if (op.run)(&a, &b) == Err(Errno::EOPNOTSUPP) {
                 println!(
@@ -486,14 +516,58 @@ fn frozen(c: &Ctx, fs: &str) -> TestResult {
                 continue;
             }
         }
-        judge(fs, op.what, Err(op.frozen), got)?;
+        let who = if own.is_some() {
+            "through the mapping's fd"
+        } else {
+            "by another process"
+        };
+        judge(fs, &format!("{} {who}", op.what), Err(want), got)?;
     }
-    // Nobody else's I/O waits: reads, and writes that fail at once.
+    Ok(())
+}
+
+/// While a storage-direct mapping lives, every operation that could free
+/// or move the file's blocks fails at once: from another process (which
+/// cannot even open the file for writing), and through a WRITE mapping's
+/// own writable descriptor (the checks of S_SWAPFILE), on either end of a
+/// two-file operation (extent swaps included: they never waited for pinned
+/// DAX pages). Reads and other tasks' I/O go on without waiting, the
+/// mapping's own descriptor may grow the file, and the mapping keeps the
+/// file's bytes. Once the mapping is released, the operations work again.
+fn frozen(c: &Ctx, fs: &str) -> TestResult {
+    use layout_ops as o;
+    let dir = c.fs(fs)?;
+    let init = data(MIB as usize, 77);
+    let p = write_file(dir, "frozen.bin", &init);
+    let other_bytes = data(MIB as usize, 78);
+    let other = write_file(dir, "frozen-other.bin", &other_bytes);
+    // A read-only mapping; the descriptor may go: the dma-buf holds the file.
+    let b = c.module().map(open_ro(&p).as_fd(), 0, MIB, 0)?;
+    ensure!(
+        b.backing() == Backing::StorageDirect,
+        "{fs}: {:?}",
+        b.backing()
+    );
+    each_refused(fs, &p, &other, None, LayoutOp::opened)?;
+    // Nobody else's I/O waits.
     expect_prompt(fs, "pread", Ok(()), || o::pread(&p))?;
+    ensure!(
+        dmabuf_bytes(b.as_fd(), b.len())? == init,
+        "{fs}: the mapping's bytes changed"
+    );
+    drop(b);
+    // A WRITE mapping keeps its descriptor writable: the flag's checks.
+    let w = open_rw(&p);
+    let b = c.module().map(w.as_fd(), 0, MIB, flags::WRITE)?;
+    each_refused(fs, &p, &other, Some(&w), |op| op.frozen)?;
+    each_refused(fs, &p, &other, None, LayoutOp::opened)?;
     // Growing the file frees nothing.
-    expect_prompt(fs, "ftruncate to a larger size", Ok(()), || {
-        o::ftruncate(&p, 2 * MIB)
-    })?;
+    expect_prompt(
+        fs,
+        "ftruncate to a larger size through the mapping's fd",
+        Ok(()),
+        || w.set_len(2 * MIB).map_err(errno_of),
+    )?;
     ensure!(
         dmabuf_bytes(b.as_fd(), b.len())? == init,
         "{fs}: the mapping's bytes changed"
@@ -506,15 +580,15 @@ fn frozen(c: &Ctx, fs: &str) -> TestResult {
         std::fs::read(&other)? == other_bytes,
         "{fs}: the other file's bytes changed"
     );
-    drop(b);
+    drop((b, w));
     // Released: the same operations work again.
     o::ftruncate(&p, MIB).map_err(|e| format!("{fs}: truncate after release: {e}"))?;
     o::pwrite(&p).map_err(|e| format!("{fs}: pwrite after release: {e}"))?;
     open_rw(&p).write_all_at(&init, 0)?;
     let punch = nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
         | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
-    o::fallocate(&other, punch, 0, 4096).map_err(|e| format!("{fs}: punch after release: {e}"))?;
-    open_rw(&other).write_all_at(&other_bytes[..4096], 0)?;
+    o::fallocate(&p, punch, 0, 4096).map_err(|e| format!("{fs}: punch after release: {e}"))?;
+    open_rw(&p).write_all_at(&init[..4096], 0)?;
     if fs == "xfs-dax" {
         // A donor of one extent, as the target has (xfs requires no more).
         let donor = write_file(dir, "frozen-donor.bin", &other_bytes);
@@ -568,10 +642,11 @@ fn no_waiting(c: &Ctx, fs: &str) -> TestResult {
 }
 
 /// The layout can be frozen only when no operation that checks before it
-/// takes the inode's lock can be under way: no other descriptor open for
-/// writing, and the caller's own writable descriptor not shared. With a
-/// mapping alive, a WRITE mapping (whose faults change the layout) is
-/// refused, read-only ones are not.
+/// takes the inode's lock can be under way: nothing open for writing (for
+/// a read-only mapping, not even the caller's descriptor), and for WRITE
+/// the caller's own writable descriptor alone and not shared. While a
+/// read-only mapping lives others join it read-only, and nothing opens the
+/// file for writing; a WRITE mapping needs the file to itself.
 fn file_busy(c: &Ctx, fs: &str) -> TestResult {
     let m = c.module();
     let len = 256u64 << 10;
@@ -584,32 +659,93 @@ fn file_busy(c: &Ctx, fs: &str) -> TestResult {
                 Ok(_) => Err(format!("{fs}: {what}: mapped, expected file-busy").into()),
             }
         };
+    let open_for_writing = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .map_err(errno_of)
+    };
     let w = open_rw(&p);
     busy(
-        "open for writing elsewhere",
+        "read-only, open for writing elsewhere",
         m.map(open_ro(&p).as_fd(), 0, len, 0),
     )?;
-    // The caller's own writable descriptor, alone, can change nothing.
-    drop(m.map(w.as_fd(), 0, len, 0)?);
-    let dup = w.try_clone()?;
-    busy("the descriptor duplicated", m.map(w.as_fd(), 0, len, 0))?;
-    drop(dup);
-    drop(m.map(w.as_fd(), 0, len, flags::WRITE)?);
-    drop(w);
-    let b = m.map(open_ro(&p).as_fd(), 0, len, 0)?;
-    let w = open_rw(&p);
     busy(
-        "WRITE with a mapping alive",
+        "read-only, through a writable descriptor",
+        m.map(w.as_fd(), 0, len, 0),
+    )?;
+    let dup = w.try_clone()?;
+    busy(
+        "WRITE, the descriptor duplicated",
         m.map(w.as_fd(), 0, len, flags::WRITE),
     )?;
-    // The layout stays frozen, so a writer opening the file changes nothing.
+    drop(dup);
+    let other = open_rw(&p);
+    busy(
+        "WRITE, another descriptor open for writing",
+        m.map(w.as_fd(), 0, len, flags::WRITE),
+    )?;
+    drop(other);
+    let bw = m.map(w.as_fd(), 0, len, flags::WRITE)?;
+    busy(
+        "read-only next to a WRITE mapping",
+        m.map(open_ro(&p).as_fd(), 0, len, 0),
+    )?;
+    ensure!(
+        open_for_writing().err() == Some(Errno::ETXTBSY),
+        "{fs}: opened for writing next to a WRITE mapping"
+    );
+    drop((bw, w));
+    let b = m.map(open_ro(&p).as_fd(), 0, len, 0)?;
     let b2 = m.map(open_ro(&p).as_fd(), 4096, 4096, 0)?;
     ensure!(
-        w.write_at(b"x", 0).map_err(errno_of) == Err(Errno::ETXTBSY),
-        "{fs}: write under a mapping"
+        open_for_writing().err() == Some(Errno::ETXTBSY),
+        "{fs}: opened for writing under a mapping"
     );
-    drop((b, b2));
+    drop(b);
+    ensure!(
+        open_for_writing().err() == Some(Errno::ETXTBSY),
+        "{fs}: opened for writing under the second mapping"
+    );
+    drop(b2);
+    let w = open_rw(&p);
     drop(m.map(w.as_fd(), 0, len, flags::WRITE)?);
+    Ok(())
+}
+
+/// A storage-direct mapping stops everybody from changing the file, which
+/// only the file's owner may ask (as for a lease): a user who may only read
+/// a file gets `not-owner`, its owner gets the mapping.
+fn not_owner(c: &Ctx, fs: &str) -> TestResult {
+    let p = write_file(c.fs(fs)?, "owner.bin", &data(8192, 4));
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    let as_nobody = |want_ok: bool| {
+        in_child(|| {
+            if nix::unistd::setuid(nix::unistd::Uid::from_raw(65534)).is_err() {
+                return 10;
+            }
+            match (c.module().map(open_ro(&p).as_fd(), 0, 8192, 0), want_ok) {
+                (Ok(b), true) if b.backing() == Backing::StorageDirect => 0,
+                (Err(e), false) if e.reason == MapReason::NotOwner && e.errno == Errno::EACCES => 0,
+                (Ok(_), _) => 11,
+                (Err(e), _) => {
+                    println!("     {e}");
+                    12
+                }
+            }
+        })
+    };
+    let st = as_nobody(false);
+    ensure!(
+        matches!(st, WaitStatus::Exited(_, 0)),
+        "{fs}: a reader that does not own the file: {st:?}"
+    );
+    nix::unistd::chown(&p, Some(nix::unistd::Uid::from_raw(65534)), None)?;
+    let st = as_nobody(true);
+    ensure!(
+        matches!(st, WaitStatus::Exited(_, 0)),
+        "{fs}: the owner: {st:?}"
+    );
     Ok(())
 }
 
@@ -753,6 +889,15 @@ fn reflink(c: &Ctx) -> TestResult {
         dmabuf_bytes(b.as_fd(), b.len())? == bytes,
         "the clone's mapping differs"
     );
+    // Nothing may write the clone, which would copy a shared block away
+    // from under the mapping (a growing truncate zeroes the last block's
+    // tail; a write fault through a writable mapping): both need it open
+    // for writing.
+    ensure!(
+        o::truncate_path(&clone, 2 * MIB as i64) == Err(Errno::ETXTBSY)
+            && o::mmap_shared_writable(&clone) == Err(Errno::ETXTBSY),
+        "the clone could be written under a mapping"
+    );
     // The source is rewritten (copy on write), then deleted, and its freed
     // blocks are written over by a new file: the mapping keeps its bytes.
     open_rw(&src).write_all_at(&data(MIB as usize, 6), 0)?;
@@ -822,8 +967,10 @@ pub fn races(c: &Ctx, fs: &str) -> TestResult {
             while running() {
                 let pg = r.below(PAGES);
                 let done = match r.below(4) {
-                    0 | 1 => open_rw(&p)
-                        .write_all_at(&page_of(pg, r.below(2)), pg * PAGE)
+                    0 | 1 => std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&p)
+                        .and_then(|f| f.write_all_at(&page_of(pg, r.below(2)), pg * PAGE))
                         .map_err(errno_of),
                     2 => o::ftruncate(&p, r.below(PAGES * PAGE))
                         .and_then(|()| o::ftruncate(&p, PAGES * PAGE)),
@@ -857,7 +1004,15 @@ pub fn races(c: &Ctx, fs: &str) -> TestResult {
                     // One mapper maps for writing (allocating holes) and
                     // stores the file's own pattern through the dma-buf.
                     let write = seed == 5;
-                    let f = if write { open_rw(p) } else { open_ro(p) };
+                    let f = match std::fs::OpenOptions::new().read(true).write(write).open(p) {
+                        Ok(f) => f,
+                        // Write opens fail while a mapping holds the layout.
+                        Err(e) if write && e.raw_os_error() == Some(nix::libc::ETXTBSY) => {
+                            refusals.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        Err(e) => return fail(format!("open: {e}")),
+                    };
                     let fl = if write { flags::WRITE } else { 0 };
                     let b = match m.map(f.as_fd(), off, len, fl) {
                         Ok(b) => b,

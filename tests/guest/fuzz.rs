@@ -383,6 +383,22 @@ impl<'a> Sequence<'a> {
         }
     }
 
+    /// A descriptor of the file open for reading (and writing with `write`),
+    /// reused or opened now.
+    fn file_fd(&mut self, write: bool) -> RawFd {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(self.p);
+        match f {
+            Ok(f) => {
+                self.files.push(f.into());
+                self.files.last().unwrap().as_raw_fd()
+            }
+            Err(_) => -1,
+        }
+    }
+
     fn some_length(&mut self, q: &raw::Query) -> u64 {
         let size = PAGES * PAGE;
         match self.r.below(12) {
@@ -466,8 +482,18 @@ impl<'a> Sequence<'a> {
         if self.r.below(12) == 0 {
             fl |= 1 << (4 + self.r.below(28));
         }
-        let (fd, offset) = (self.some_fd(), self.some_offset());
-        let length = self.some_length(&q);
+        let (fd, offset, length);
+        if self.r.below(2) == 0 {
+            // Well-formed: a readable fd of the file, a range inside it.
+            fl &= flags::PIN | flags::WRITE | flags::ATOMIC | flags::CLOEXEC;
+            fl |= flags::PIN;
+            fd = self.file_fd(fl & flags::WRITE != 0);
+            offset = self.r.below(PAGES / 2) * PAGE;
+            length = 1 + self.r.below((PAGES / 2) * PAGE);
+        } else {
+            (fd, offset) = (self.some_fd(), self.some_offset());
+            length = self.some_length(&q);
+        }
         let mut req = raw::Map {
             fd,
             flags: fl,
@@ -714,6 +740,7 @@ fn reason_errno(r: MapReason) -> Option<Errno> {
         R::Interrupted => Errno::EINTR,
         R::DaxUnbacked => Errno::ENODATA,
         R::FileBusy => Errno::ETXTBSY,
+        R::NotOwner => Errno::EACCES,
         _ => return None,
     })
 }
