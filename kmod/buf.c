@@ -234,6 +234,7 @@ static void dmafile_vunmap(struct dma_buf *dmabuf, struct iosys_map *map)
 void dmafile_buf_destroy(struct dmafile_buf *buf)
 {
 	fput(buf->file);
+	kvfree(buf->pgmaps);
 	kvfree(buf->pages);
 	mutex_destroy(&buf->lock);
 	kfree(buf);

@@ -15,6 +15,8 @@
 #include <linux/types.h>
 #include <uapi/linux/dmafile.h>
 
+#include "compat.h"
+
 /* account.c: what one dma-buf is charged, undone exactly by uncharge. */
 struct dmafile_charge {
 	struct user_struct *memlock_user;	/* NULL: exempt (CAP_IPC_LOCK) */
@@ -32,6 +34,7 @@ u64 dmafile_max_pinned_bytes(void);
 struct dmafile_buf {
 	struct file *file;	/* keeps the inode and its mapping alive */
 	struct page **pages;
+	struct dev_pagemap **pgmaps;	/* storage-direct: each page's, held */
 	unsigned long npages;
 	pgoff_t index;		/* page index of the first page in the file */
 	u32 flags;
@@ -81,9 +84,7 @@ void dmafile_buf_destroy(struct dmafile_buf *buf);
 /* dax.c: storage-direct buffers, whose pages are a DAX file's blocks. */
 int dmafile_dax_init(void);
 void dmafile_dax_exit(void);
-u32 dmafile_dax_map(struct dmafile_buf *buf, int fd, loff_t offset,
-		    int *mmap_err);
-void dmafile_dax_put_pages(struct dmafile_buf *buf);
+u32 dmafile_dax_map(struct dmafile_buf *buf, loff_t offset, int *mmap_err);
 void dmafile_dax_release(struct dmafile_buf *buf);
 
 /* map.c: making dma-bufs, and their status. */

@@ -247,4 +247,4 @@ module_exit(dmafile_exit);
 
 MODULE_DESCRIPTION("Map ranges of regular files into pinned dma-bufs");
 MODULE_LICENSE("GPL");
-MODULE_IMPORT_NS(DMA_BUF);
+DMAFILE_IMPORT_NS_DMA_BUF();

@@ -205,9 +205,9 @@ static u32 dmafile_check_file(struct file *file, u32 flags, u64 offset,
 			return DMAFILE_REASON_FILE_BUSY;
 		/*
 		 * Mirrors the mm: only shmem page cache may be pinned
-		 * writable. DAX has no page cache to write back.
+		 * writable. Storage-direct mappings are read-only (dax.c).
 		 */
-		if (!shmem_mapping(file->f_mapping) && !IS_DAX(inode))
+		if (!shmem_mapping(file->f_mapping))
 			return DMAFILE_REASON_WRITE_PIN_NOT_ALLOWED;
 		if (shmem_mapping(file->f_mapping) &&
 		    READ_ONCE(SHMEM_I(inode)->seals) &
@@ -294,7 +294,7 @@ int dmafile_map_file(struct dmafile_map *m, struct dma_buf **dmabuf)
 	INIT_LIST_HEAD(&buf->attachments);
 
 	if (buf->backing == DMAFILE_BACKING_STORAGE_DIRECT)
-		reason = dmafile_dax_map(buf, m->fd, m->offset, &ret);
+		reason = dmafile_dax_map(buf, m->offset, &ret);
 	else
 		reason = dmafile_pin(buf, m->offset, &ret);
 	if (reason) {
@@ -331,6 +331,7 @@ err_unpin:
 	/* Nothing has written through the pages yet: no need to dirty them. */
 	unpin_user_pages(buf->pages, buf->npages);
 err_free_pages:
+	kvfree(buf->pgmaps);
 	kvfree(buf->pages);
 	mutex_destroy(&buf->lock);
 err_uncharge:

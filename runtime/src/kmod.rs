@@ -174,14 +174,14 @@ reasons! {
     FdNotWritable = 14, "fd-not-writable", "a writable mapping needs a file descriptor open for writing";
     Sealed = 15, "sealed", "the memfd is sealed against writes";
     Immutable = 16, "immutable", "the file is immutable or append-only";
-    WritePinNotAllowed = 17, "write-pin-not-allowed", "the kernel does not allow writable long-term pins of this filesystem's page cache, or of huge pages (tmpfs huge=), which truncation cannot split";
+    WritePinNotAllowed = 17, "write-pin-not-allowed", "the kernel does not allow writable long-term pins of this filesystem's page cache, or of huge pages (tmpfs huge=), which truncation cannot split; storage-direct (DAX) mappings are read-only";
     FileChanged = 18, "file-changed", "the file changed while it was being mapped";
     IoError = 19, "io-error", "reading the file's pages failed";
     NoMemory = 20, "no-memory", "the kernel ran out of memory";
     Interrupted = 21, "interrupted", "interrupted by a signal";
     MapFailed = 22, "map-failed", "the filesystem or a security module refused to map the file";
-    DaxUnbacked = 23, "dax-unbacked", "on a DAX mount the range has holes or unwritten extents, which have no storage to map: write the range first, or map it for writing";
-    FileBusy = 24, "file-busy", "on a DAX mount the file's layout cannot be frozen now: it is open for writing (a read-only mapping needs even its own descriptor read-only), the descriptor is shared or in use, it is a swap file, or a storage-direct mapping for writing (or, to write, any other) of it lives";
+    DaxUnbacked = 23, "dax-unbacked", "on a DAX mount the range has holes or unwritten extents, which have no storage to map: write the range first";
+    FileBusy = 24, "file-busy", "on a DAX mount the file's layout cannot be frozen now: it is open for writing (the descriptor given included: open it read-only), or it is a swap file";
     NotOwner = 25, "not-owner", "on a DAX mount a mapping stops everyone from changing the file while it lives, which only the file's owner (or CAP_LEASE) may ask";
 }
 

@@ -29,8 +29,7 @@
  *	the dma-buf is released, so the writes reach the file. Needs a
  *	writable fd and a file that may be written, on a filesystem whose
  *	page cache may be pinned writable (shmem/tmpfs, in pages that are
- *	not huge), or a file on a DAX mount (storage-direct: holes in the
- *	range are allocated, blocks shared by reflink are copied first).
+ *	not huge). Storage-direct (DAX) mappings are read-only.
  * DMAFILE_MAP_ATOMIC: importers need atomic operations on the memory.
  * DMAFILE_MAP_CLOEXEC: the returned dma-buf fd has FD_CLOEXEC set.
  */
@@ -46,15 +45,12 @@
  * @DMAFILE_BACKING_NONE: no mapping (a refused request).
  * @DMAFILE_BACKING_PAGE_CACHE: the file's own page-cache pages, pinned.
  * @DMAFILE_BACKING_STORAGE_DIRECT: the storage's own memory that holds the
- *	file's blocks (DAX); the page cache is not used. While the dma-buf
- *	lives, the file's block layout is frozen as a swap file's is: opening
- *	it for writing fails with ETXTBSY (as for a running program), and
- *	through a file already open for writing (a WRITE mapping's own),
- *	write(2), shrinking truncate, fallocate, reflink and dedupe, extent
- *	swaps and exchanges fail with ETXTBSY (EINVAL for XFS_IOC_SWAPEXT
- *	and EXT4_IOC_SWAP_BOOT); unlink and rename over it fail with EPERM.
- *	Nothing waits for the dma-buf, and nothing of the caller's address
- *	space is kept.
+ *	file's blocks (DAX); the page cache is not used. Read-only. While
+ *	the dma-buf lives, the file's block layout is frozen as a swap
+ *	file's is, and it cannot be opened for writing, as a running
+ *	program cannot (ETXTBSY); it cannot be unlinked or renamed over
+ *	(EPERM), nor reflinked or deduplicated (ETXTBSY). Nothing waits for
+ *	the dma-buf, and nothing of the caller's address space is kept.
  */
 enum dmafile_backing {
 	DMAFILE_BACKING_NONE = 0,
@@ -102,7 +98,8 @@ enum dmafile_backing {
  *	with page-cache writeback: the kernel refuses writable long-term pins
  *	of such pages; or of huge pages (tmpfs huge=), which a truncation
  *	cannot split, so stores past a new end of file would come back when
- *	the file grows again (EOPNOTSUPP).
+ *	the file grows again; or on a DAX mount, whose storage-direct
+ *	mappings are read-only (EOPNOTSUPP).
  * @DMAFILE_REASON_FILE_CHANGED: the file was truncated, hole-punched or
  *	otherwise changed while it was being mapped; retrying may succeed
  *	(EAGAIN).
@@ -111,20 +108,14 @@ enum dmafile_backing {
  * @DMAFILE_REASON_INTERRUPTED: a fatal signal arrived while pinning (EINTR).
  * @DMAFILE_REASON_MAP_FAILED: the filesystem or a security module refused to
  *	map the file (the errno it gave).
- * @DMAFILE_REASON_DAX_UNBACKED: a read-only mapping of a file on a DAX
- *	mount whose range has holes or unwritten (preallocated) extents:
- *	they have no storage to map. Write the range first, or map it with
- *	DMAFILE_MAP_WRITE, which allocates (ENODATA). Blocks shared with
+ * @DMAFILE_REASON_DAX_UNBACKED: a mapping of a file on a DAX mount whose
+ *	range has holes or unwritten (preallocated) extents: they have no
+ *	storage to map (ENODATA). Write the range first. Blocks shared with
  *	another file by reflink are mapped: they stay while this file holds
  *	them, and writes through the other file copy them first.
  * @DMAFILE_REASON_FILE_BUSY: storage-direct only: the file's layout cannot
- *	be frozen now (ETXTBSY). It is open for writing: by anyone, for a
- *	read-only mapping (@fd included: open it read-only); by another file
- *	descriptor than @fd for DMAFILE_MAP_WRITE, or @fd is shared or in
- *	use elsewhere (duplicated, inherited, in a concurrent call). Or it is
- *	an active swap file, or a WRITE storage-direct dma-buf of it lives
- *	(which needs the file to itself), or, for DMAFILE_MAP_WRITE, any
- *	other storage-direct dma-buf of it lives.
+ *	be frozen now (ETXTBSY): it is open for writing (@fd included: open
+ *	it read-only), or it is an active swap file.
  * @DMAFILE_REASON_NOT_OWNER: storage-direct only: the caller neither owns
  *	the file nor has CAP_LEASE. A storage-direct dma-buf stops everybody
  *	from changing the file while it lives, which only the owner may ask,
