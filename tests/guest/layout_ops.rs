@@ -17,22 +17,7 @@ use crate::util::errno_of;
 
 pub type OpResult = Result<(), Errno>;
 
-/// A file already open for writing that the operations use for `path`
-/// instead of opening it (set in a forked child: see [`through`]).
-static OWN: std::sync::Mutex<Option<(std::path::PathBuf, File)>> = std::sync::Mutex::new(None);
-
-/// Makes the operations reach `p` through `f` (its writable descriptor,
-/// duplicated) rather than by opening it, as its opener's process would.
-pub fn through(p: &Path, f: &File) {
-    *OWN.lock().unwrap() = Some((p.to_path_buf(), f.try_clone().expect("dup")));
-}
-
 fn rw(p: &Path) -> Result<File, Errno> {
-    if let Some((path, f)) = &*OWN.lock().unwrap() {
-        if path == p {
-            return f.try_clone().map_err(errno_of);
-        }
-    }
     OpenOptions::new()
         .read(true)
         .write(true)
