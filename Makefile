@@ -8,7 +8,7 @@ CARGO ?= cargo
 DEMO_SIZE ?= 256M
 DEMO_FILE ?= $(CACHE)/demo/dataset.bin
 
-.PHONY: all setup setup-guest build demo test test-host test-kmod test-guest test-guest-debug fuzz debug-kernel lint clean
+.PHONY: all setup setup-guest build demo test test-host test-kmod test-guest test-guest-6.1 test-guest-debug fuzz debug-kernel lint clean
 
 all: build
 
@@ -28,7 +28,7 @@ build: setup
 demo: build
 	scripts/demo.sh "$(DEMO_FILE)" "$(DEMO_SIZE)"
 
-test: setup-guest build test-host test-kmod test-guest test-guest-debug
+test: setup-guest build test-host test-kmod test-guest test-guest-6.1 test-guest-debug
 
 test-host:
 	$(CARGO) test --release --workspace --locked --no-fail-fast
@@ -42,6 +42,13 @@ test-kmod: setup-guest
 # with a short fuzz run (tests/guest/fuzz.rs).
 test-guest: setup-guest
 	DMAFILE_FUZZ_SECS=$${DMAFILE_FUZZ_SECS:-10} tests/guest/run.sh
+
+# The module's own tests (no vkms, no CLI streaming) on bookworm's 6.1, the
+# oldest kernel the module supports, DKMS install included.
+GUEST_6_1_TESTS := query refuse/ ioctl/ content/ coherence/ status/ vgem/ write/ readonly/ \
+	noexec cpu-access lifetimes/ races/ dax/ fuzz install/
+test-guest-6.1: setup-guest
+	DMAFILE_GUEST_KERNEL=6.1 DMAFILE_FUZZ_SECS=$${DMAFILE_FUZZ_SECS:-10} tests/guest/run.sh $(GUEST_6_1_TESTS)
 
 # The same tests and a longer fuzz run under the debug build of the same
 # kernel (KASAN, lockdep, kmemleak, DMA-API debug, UBSAN, ...), which the

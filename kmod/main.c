@@ -247,4 +247,5 @@ module_exit(dmafile_exit);
 
 MODULE_DESCRIPTION("Map ranges of regular files into pinned dma-bufs");
 MODULE_LICENSE("GPL");
+MODULE_VERSION(DMAFILE_VERSION);
 DMAFILE_IMPORT_NS_DMA_BUF();

@@ -3,7 +3,8 @@
 # Idempotent: a second run only checks. Run as root (CI and the dev machines are).
 #   scripts/setup.sh host    - Vulkan (Mesa >= 25 lavapipe), shader tools, Python checks
 #   scripts/setup.sh guest   - host + Debian's 6.12 kernel (image, modules, headers,
-#                              source), qemu 10, virtme-ng, filesystem tools, sparse
+#                              source) and 6.1 kernel (image, headers), qemu 10,
+#                              virtme-ng, filesystem tools, sparse, dkms
 set -euo pipefail
 what=${1:-host}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -91,6 +92,19 @@ setup_guest() {
         DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
             -t bookworm-backports linux-image-amd64 linux-headers-amd64 >/dev/null
     fi
+    # The oldest kernel the module supports: bookworm's own 6.1 (headers to
+    # build against, the image to boot the kernel tests on).
+    if ! ls -d /usr/src/linux-headers-6.1.0-*-amd64 >/dev/null 2>&1 || ! ls /boot/vmlinuz-6.1.0-*-amd64 >/dev/null 2>&1; then
+        apt_update
+        local v61
+        v61=$(apt-cache search --names-only '^linux-headers-6\.1\.0-[0-9]+-amd64$' | cut -d' ' -f1 | sort -V | tail -n1)
+        [ -n "$v61" ] || { log "no linux-headers-6.1.0-*-amd64 in the apt sources"; exit 1; }
+        v61=${v61#linux-headers-}
+        log "installing Debian's $v61 kernel and headers (the oldest kernel the module supports)"
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+            "linux-image-$v61" "linux-headers-$v61" >/dev/null
+    fi
+    apt_install dkms
     if ! ls /usr/src/linux-source-6.12.tar.xz >/dev/null 2>&1; then
         apt_update
         log "installing linux-source-6.12 (checkpatch.pl, vkms sources)"

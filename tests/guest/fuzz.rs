@@ -333,7 +333,7 @@ impl<'a> Sequence<'a> {
             let _ = nix::unistd::ftruncate(&f, 8192);
             self.others.push(f);
         }
-        if let Ok(h) = heap_dmabuf(8192) {
+        if let Ok(h) = foreign_dmabuf(8192) {
             self.others.push(h);
         }
     }

@@ -24,19 +24,31 @@ if [ -z "${DMAFILE_GUEST_KO:-}" ]; then
     echo "guest: building dmafile.ko for $GUEST_KVER"
     make -s -C "$here/kmod" KDIR="$GUEST_KDIR" >/dev/null
 fi
-echo "guest: building vkms.ko (out of tree, from linux-source-6.12)"
-vkms_ko=$("$here/scripts/build-vkms.sh")
-vkms_bug_ko=$("$here/scripts/build-vkms.sh" --without-offset-fix)
+# vkms comes from linux-source-6.12: the 6.1 guest has none, and runs no
+# scan-out tests.
+vkms_ko="" vkms_bug_ko=""
+if [ "${DMAFILE_GUEST_KERNEL:-stock}" != 6.1 ]; then
+    echo "guest: building vkms.ko (out of tree, from linux-source-6.12)"
+    vkms_ko=$("$here/scripts/build-vkms.sh")
+    vkms_bug_ko=$("$here/scripts/build-vkms.sh" --without-offset-fix)
+fi
 cargo build --release --locked -q -p dmafile-guest-tests -p dmafile-cli -p safetensors-reduce -p scanout-play
 bin=$here/target/release/dmafile-guest-tests
 
 out=$cache/guest-run-${DMAFILE_GUEST_KERNEL:-stock}
 rm -rf "$out"
 mkdir -p "$out"
-cp "$vkms_ko" "$out/vkms.ko" # inside.sh loads it from there
-cp "$vkms_bug_ko" "$out/vkms-offset-bug.ko" # scanout/vkms-offset-bug loads it
+if [ -n "$vkms_ko" ]; then
+    cp "$vkms_ko" "$out/vkms.ko" # inside.sh loads it from there
+    cp "$vkms_bug_ko" "$out/vkms-offset-bug.ko" # scanout/vkms-offset-bug loads it
+fi
 if [ -f "$GUEST_KDIR/modules.builtin" ] && [ "${DMAFILE_GUEST_KERNEL:-stock}" = debug ]; then
     cp "$GUEST_KDIR/modules.builtin" "$out/" # inside.sh: what not to modprobe
+fi
+# DKMS installs the module for the guest's (packaged) kernel, in overlays
+# on this machine (scripts/dkms-check.sh); install/dkms loads it there.
+if [ "${DMAFILE_GUEST_KERNEL:-stock}" != debug ]; then
+    "$here/scripts/dkms-check.sh" "$GUEST_KVER" "$out/dkms" 2> >(grep -v "^readelf: Warning" >&2)
 fi
 # The tests' own knobs reach the guest through a file it sources.
 env | grep -E '^DMAFILE_(RACE_MS|FUZZ_SECS|FUZZ_SEED)=' >"$out/test.env" || true
@@ -47,12 +59,14 @@ quoted=""
 # Two legacy pmem regions carved out of guest RAM below 2 GiB, for the DAX
 # tests (docs/kmod.md, "Storage-direct"): pmem0 256 MiB at 1 GiB (ext4),
 # pmem1 384 MiB at 1.25 GiB (xfs needs 300 MB). A region at 2 GiB in a
-# 3 GiB q35 guest lands in the PCI hole and corrupts data.
+# 3 GiB q35 guest lands in the PCI hole and corrupts data. /lib/modules is
+# writable in the guest only (an overlay), for install/dkms.
 PMEM_APPEND='memmap=256M!1G memmap=384M!1280M'
 echo "guest: booting $GUEST_VMLINUZ (${accel[*]:-kvm})"
 set +e
 timeout "${DMAFILE_GUEST_TIMEOUT:-1800}" "$vng" -r "$GUEST_VMLINUZ" "${accel[@]}" \
     --memory 3G --cpus 2 --rwdir "$out" --append "$PMEM_APPEND" \
+    --overlay-rwdir /lib/modules \
     --exec "$here/tests/guest/inside.sh $out $ko $bin$quoted" 2>&1 | cat
 # (through cat: QEMU reopens its stdout, which truncates a log file it is redirected to)
 vrc=${PIPESTATUS[0]}

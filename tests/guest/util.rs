@@ -21,6 +21,27 @@ pub use common::data;
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 
+/// A test that cannot apply here (this kernel lacks what it needs), with why:
+/// the runner reports it as skipped, never as passed.
+#[derive(Debug)]
+pub struct Skip(pub String);
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Skip {}
+
+/// Ends the test as skipped, saying why.
+#[macro_export]
+macro_rules! skip {
+    ($($fmt:tt)+) => {
+        return Err(Box::new($crate::util::Skip(format!($($fmt)+))))
+    };
+}
+
 /// Fails the test with a formatted message unless the condition holds.
 #[macro_export]
 macro_rules! ensure {
@@ -252,6 +273,26 @@ pub fn heap_dmabuf(len: u64) -> Result<OwnedFd, String> {
     dma_heap::Heap::new(dma_heap::HeapKind::System)
         .and_then(|h| h.allocate(len as usize))
         .map_err(|e| format!("dma-heap alloc: {e}"))
+}
+
+/// Another exporter's dma-buf of at least `len` bytes: dma-heap's, or, on
+/// kernels without dma-heaps (Debian's 6.1), a vgem buffer exported with
+/// PRIME.
+pub fn foreign_dmabuf(len: u64) -> Result<OwnedFd, String> {
+    use drm::buffer::Buffer;
+    use drm::control::Device;
+    if std::path::Path::new("/dev/dma_heap/system").exists() {
+        return heap_dmabuf(len);
+    }
+    let v = Vgem::open()?;
+    let rows = len.div_ceil(4096).max(1) as u32;
+    let b = v
+        .create_dumb_buffer((1024, rows), drm::buffer::DrmFourcc::Xrgb8888, 32)
+        .map_err(|e| format!("vgem dumb buffer: {e}"))?;
+    let flags = (nix::libc::O_RDWR | nix::libc::O_CLOEXEC) as u32;
+    // The dma-buf holds the buffer once vgem's handle and fd are gone.
+    v.buffer_to_prime_fd(b.handle(), flags)
+        .map_err(|e| format!("vgem PRIME export: {e}"))
 }
 
 /// `rmmod NAME` without waiting: EWOULDBLOCK while the module is in use.
