@@ -31,8 +31,10 @@ demo: build
 test: setup-guest build test-host test-kmod test-guest test-guest-6.1 test-guest-debug
 
 test-host:
+	scripts/shaders.sh --check
 	$(CARGO) test --release --workspace --locked --no-fail-fast
 	scripts/test-independent-crc.sh
+	scripts/package-check.sh
 
 # checkpatch --strict and sparse on the kernel module.
 test-kmod: setup-guest
