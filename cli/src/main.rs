@@ -34,6 +34,12 @@ enum Cmd {
         /// One JSON object on stdout.
         #[arg(long)]
         json: bool,
+        /// The chunk size the installation checks judge memlock against.
+        #[arg(long, default_value = "16M", value_parser = size::parse_size)]
+        chunk: u64,
+        /// The chunks in flight the installation checks judge memlock against.
+        #[arg(long, default_value_t = dmafile::stream::DEFAULT_DEPTH)]
+        depth: usize,
     },
     /// Stream files through a shader in chunks and print a summary.
     Stream(StreamOpts),
@@ -177,7 +183,7 @@ fn stream(o: StreamOpts) -> Result<ExitCode, CliError> {
 fn main() -> ExitCode {
     let opts = Opts::parse();
     let r = match opts.cmd {
-        Cmd::Info { json } => info::run(json),
+        Cmd::Info { json, chunk, depth } => info::run(json, chunk, depth),
         Cmd::Stream(o) => stream(o),
         Cmd::Bench(o) => bench::run(o),
         Cmd::Map(o) => map::run(o),

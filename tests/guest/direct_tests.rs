@@ -12,11 +12,12 @@ use crate::util::*;
 use crate::TestFn;
 
 pub fn all() -> Vec<(String, TestFn)> {
-    let t: [(&str, TestFn); 8] = [
+    let t: [(&str, TestFn); 9] = [
         ("direct/stream-every-fs", Box::new(stream_every_fs)),
         ("direct/refused-falls-back", Box::new(refused_falls_back)),
         ("direct/module-absent", Box::new(module_absent)),
         ("direct/memlock-falls-back", Box::new(memlock_falls_back)),
+        ("direct/info-memlock", Box::new(info_memlock)),
         ("heap/stream", Box::new(heap_stream)),
         (
             "direct/truncate-while-streaming",
@@ -160,15 +161,13 @@ fn module_absent(c: &Ctx) -> TestResult {
 }
 
 /// Streams `file` as nobody with RLIMIT_MEMLOCK = `memlock` bytes.
-fn stream_as_nobody(file: &std::path::Path, memlock: u64) -> Result<Value, String> {
+/// Runs the CLI as nobody with this RLIMIT_MEMLOCK.
+fn cli_as_nobody(args: &[&str], memlock: u64) -> Result<std::process::Output, String> {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(sibling("dmafile"));
-    cmd.args([
-        "stream", "--verify", "--json", "--chunk", "1M", "--depth", "3",
-    ])
-    .arg(file)
-    .env("DMAFILE_NO_PROGRESS", "1")
-    .env("HOME", "/tmp");
+    cmd.args(args)
+        .env("DMAFILE_NO_PROGRESS", "1")
+        .env("HOME", "/tmp");
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -179,7 +178,94 @@ fn stream_as_nobody(file: &std::path::Path, memlock: u64) -> Result<Value, Strin
             Ok(())
         });
     }
-    json(&cmd.output().map_err(|e| e.to_string())?)
+    cmd.output().map_err(|e| e.to_string())
+}
+
+fn stream_as_nobody(file: &std::path::Path, memlock: u64) -> Result<Value, String> {
+    stream_chunks_as_nobody(file, memlock, "1M")
+}
+
+fn stream_chunks_as_nobody(
+    file: &std::path::Path,
+    memlock: u64,
+    chunk: &str,
+) -> Result<Value, String> {
+    let f = file.to_str().unwrap();
+    json(&cli_as_nobody(
+        &[
+            "stream", "--verify", "--json", "--chunk", chunk, "--depth", "3", f,
+        ],
+        memlock,
+    )?)
+}
+
+/// `dmafile info` as a user with an 8 MiB memlock limit says that direct
+/// falls back for chunks above what fits (limit / depth) and how to raise
+/// the limit, and streams bear it out on both sides of that size.
+fn info_memlock(c: &Ctx) -> TestResult {
+    let mib = 1u64 << 20;
+    let o = cli_as_nobody(&["info"], 8 * mib)?;
+    let text = String::from_utf8_lossy(&o.stdout);
+    ensure!(
+        o.status.success(),
+        "dmafile info: {:?} {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.contains("[memlock]"))
+        .ok_or(format!("no memlock problem in:\n{text}"))?;
+    ensure!(
+        line.contains("8.0 MiB")
+            && line.contains("direct falls back (memlock-limit) for chunks above 2.7 MiB"),
+        "info's memlock line: {line}"
+    );
+    ensure!(
+        text.contains("/etc/security/limits.d/dmafile.conf")
+            && text.contains("LimitMEMLOCK=")
+            && text.contains("ulimit -l"),
+        "info does not say how to raise the limit:\n{text}"
+    );
+    let v: Value = serde_json::from_slice(&cli_as_nobody(&["info", "--json"], 8 * mib)?.stdout)?;
+    let problems = v["checks"]["problems"]
+        .as_array()
+        .ok_or("no checks.problems")?;
+    ensure!(
+        problems.iter().any(|p| p["check"] == "memlock"),
+        "info --json: {}",
+        v["checks"]
+    );
+    // Root, unlimited: no memlock problem.
+    let o = dmafile(&["info", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout)?;
+    ensure!(
+        !v["checks"]["problems"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|p| p["check"] == "memlock")),
+        "root: {}",
+        v["checks"]
+    );
+    // What info says holds: 2 MiB chunks stream direct, 4 MiB ones (three
+    // in flight: 12 MiB) fall back.
+    let p = write_file(c.fs("tmpfs")?, "info-memlock.bin", &data(16 << 20, 21));
+    let v = stream_chunks_as_nobody(&p, 8 * mib, "2M")?;
+    ensure!(
+        v["verified"] == true && v["paths"]["direct"] == 16 << 20,
+        "2 MiB chunks: {}",
+        v["paths"]
+    );
+    let v = stream_chunks_as_nobody(&p, 8 * mib, "4M")?;
+    ensure!(
+        v["verified"] == true
+            && v["fallbacks"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|f| f["code"] == "memlock-limit")),
+        "4 MiB chunks: paths {} fallbacks {}",
+        v["paths"],
+        v["fallbacks"]
+    );
+    Ok(())
 }
 
 /// Pins charged to RLIMIT_MEMLOCK: with 64 KiB not even the first 1 MiB
