@@ -189,7 +189,8 @@ mod tests {
     use super::*;
 
     fn spv(name: &str) -> Vec<u32> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("spirv/{name}.spv"));
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("spirv/{name}.spv"));
         words(&std::fs::read(path).unwrap()).unwrap()
     }
 

@@ -286,6 +286,9 @@ impl<'a> Sequence<'a> {
 
     /// Runs the sequence; an Err is an invariant broken (printed).
     fn run(mut self) -> Result<(), Errno> {
+        // Opened while still root: vgem's /dev/dri/card* is not for
+        // everyone, and the unprivileged sequences need the fds too.
+        self.other_fds();
         if self.r.below(4) == 0 {
             // Unprivileged, with a small memlock limit.
             use nix::sys::resource::{setrlimit, Resource};
@@ -293,7 +296,6 @@ impl<'a> Sequence<'a> {
             setrlimit(Resource::RLIMIT_MEMLOCK, lim, lim)?;
             nix::unistd::setuid(nix::unistd::Uid::from_raw(65534))?;
         }
-        self.other_fds();
         let steps = 20 + self.r.below(60);
         for _ in 0..steps {
             if let Err(msg) = self.step() {

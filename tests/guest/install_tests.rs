@@ -11,18 +11,26 @@ use crate::util::*;
 use crate::TestFn;
 
 pub fn all() -> Vec<(String, TestFn)> {
-    vec![("install/dkms".into(), Box::new(dkms) as TestFn)]
+    vec![
+        ("install/dkms".into(), Box::new(dkms) as TestFn),
+        (
+            "install/memlock-limits-d".into(),
+            Box::new(memlock_limits_d),
+        ),
+    ]
 }
 
-/// Runs a command, failing with its output unless it succeeds.
+/// Runs a command and returns its stdout, failing with all of its output
+/// unless it succeeds.
 fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
     let o = Command::new(cmd)
         .args(args)
         .output()
         .map_err(|e| format!("{cmd}: {e}"))?;
-    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
     if !o.status.success() {
-        return Err(format!("{cmd} {args:?}: {}\n{out}", o.status));
+        let err = String::from_utf8_lossy(&o.stderr);
+        return Err(format!("{cmd} {args:?}: {}\n{out}{err}", o.status));
     }
     Ok(out)
 }
@@ -83,10 +91,79 @@ fn dkms(c: &Ctx) -> TestResult {
             path.trim(),
             signer.trim()
         );
+        // Loaded at boot: what systemd-modules-load does with the file
+        // docs/kmod.md says to write.
+        delete_module().map_err(|e| format!("rmmod of DKMS's module: {e}"))?;
+        let conf = Path::new("/etc/modules-load.d/dmafile.conf");
+        std::fs::write(conf, "dmafile\n")?;
+        let loaded = run("/lib/systemd/systemd-modules-load", &[]);
+        std::fs::remove_file(conf)?;
+        loaded?;
+        ensure!(
+            Path::new("/sys/module/dmafile").exists() && Path::new(dmafile::kmod::DEVICE).exists(),
+            "systemd-modules-load did not load dmafile from /etc/modules-load.d/dmafile.conf"
+        );
         Ok(())
     })();
     let _ = delete_module();
     crate::kmod_tests::load_module(&c.ko, "")
         .map_err(|e| format!("reloading {}: {e}", c.ko.display()))?;
+    result
+}
+
+/// The memlock step of docs/kmod.md: a line in
+/// /etc/security/limits.d/dmafile.conf raises a user's RLIMIT_MEMLOCK in
+/// the sessions PAM opens for them (here `runuser`, whose PAM stack has
+/// pam_limits as login's has), and `dmafile info` then finds no memlock
+/// problem for the default 16 MiB chunks, three in flight.
+fn memlock_limits_d(_c: &Ctx) -> TestResult {
+    let limit = |who: &str| -> Result<String, String> {
+        Ok(run("runuser", &["-u", who, "--", "sh", "-c", "ulimit -l"])?
+            .trim()
+            .to_string())
+    };
+    let before = limit("nobody")?;
+    ensure!(
+        before != "65536",
+        "nobody's memlock limit is already 65536 KiB"
+    );
+    let conf = Path::new("/etc/security/limits.d/dmafile.conf");
+    std::fs::write(conf, "nobody - memlock 65536\n")?;
+    let result = (|| -> TestResult {
+        let after = limit("nobody")?;
+        ensure!(
+            after == "65536",
+            "after limits.d: {after} (before: {before})"
+        );
+        let dmafile = sibling("dmafile");
+        let info = run(
+            "runuser",
+            &[
+                "-u",
+                "nobody",
+                "--",
+                dmafile.to_str().unwrap(),
+                "info",
+                "--json",
+            ],
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&info)
+            .map_err(|e| format!("dmafile info --json as nobody: {e}:\n{info}"))?;
+        ensure!(
+            v["module"]["memlock_limit"] == 65536u64 * 1024,
+            "module: {}",
+            v["module"]
+        );
+        ensure!(
+            !v["checks"]["problems"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|p| p["check"] == "memlock")),
+            "info still finds a memlock problem: {}",
+            v["checks"]
+        );
+        println!("     nobody's memlock limit: {before} KiB, with limits.d {after} KiB");
+        Ok(())
+    })();
+    std::fs::remove_file(conf)?;
     result
 }

@@ -258,7 +258,12 @@ impl Vgem {
             if !p.file_name().unwrap().to_string_lossy().starts_with("card") {
                 continue;
             }
-            let f = open_rw(&p);
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(nix::libc::O_CLOEXEC)
+                .open(&p)
+                .map_err(|e| format!("open {}: {e}", p.display()))?;
             let v = Vgem(f);
             if v.get_driver().map(|d| d.name() == "vgem").unwrap_or(false) {
                 return Ok(v);
