@@ -70,4 +70,21 @@ for kdir in "${kdirs[@]}"; do
 done
 # Leave nothing built for another kernel behind.
 make -s -C "$here/kmod" KDIR="$GUEST_KDIR" clean
+
+# dkms.conf's BUILD_EXCLUSIVE_KERNEL, matched as dkms matches it (bash =~
+# on the kernel release): the supported range in, older kernels out.
+excl=$(sed -n 's/^BUILD_EXCLUSIVE_KERNEL="\(.*\)"$/\1/p' "$here/kmod/dkms.conf")
+bad=()
+for k in 6.1.0-57-amd64 6.1.192 6.12.95+deb12-amd64 6.13.0 6.18.1-arch1-1 6.19-rc2 7.0.0 10.1.0; do
+    [[ $k =~ $excl ]] || bad+=("$k excluded")
+done
+for k in 5.10.0-30-amd64 5.15.0-125-generic 4.19.0-27-amd64 6.0.19 3.16.0; do
+    [[ ! $k =~ $excl ]] || bad+=("$k included")
+done
+if [ ${#bad[@]} -gt 0 ]; then
+    echo "kmod-check: BUILD_EXCLUSIVE_KERNEL is wrong: ${bad[*]}" >&2
+    status=1
+else
+    echo "kmod-check: BUILD_EXCLUSIVE_KERNEL admits 6.1 to 7+ and excludes 6.0 and older"
+fi
 exit $status

@@ -131,12 +131,17 @@ fn installation_problems(
                     fix: format!(
                         "raise the limit to at least {}: for a login, a line `<user> - memlock {}` (KiB) in \
                          /etc/security/limits.d/dmafile.conf and a new session; for a systemd service, LimitMEMLOCK={}; \
-                         for this shell, ulimit -l {} (up to the hard limit); or stream with --chunk {} (docs/kmod.md)",
+                         for this shell, ulimit -l {} (up to the hard limit){} (docs/kmod.md)",
                         human(need),
                         need.div_ceil(1024),
                         need,
                         need.div_ceil(1024),
-                        human(fits.max(4096))
+                        // A size --chunk accepts: fits is whole pages.
+                        if fits >= 4096 {
+                            format!("; or stream with --chunk {}K", fits / 1024)
+                        } else {
+                            String::new()
+                        }
                     ),
                 });
             }

@@ -223,10 +223,17 @@ fn info_memlock(c: &Ctx) -> TestResult {
     );
     ensure!(
         text.contains("/etc/security/limits.d/dmafile.conf")
-            && text.contains("LimitMEMLOCK=")
-            && text.contains("ulimit -l"),
+            && text.contains("LimitMEMLOCK=50331648")
+            && text.contains("ulimit -l 49152")
+            && text.contains("--chunk 2728K"),
         "info does not say how to raise the limit:\n{text}"
     );
+    let fix = text
+        .lines()
+        .skip_while(|l| !l.contains("[memlock]"))
+        .nth(1)
+        .unwrap_or("");
+    println!("     info as nobody, memlock 8 MiB:\n     {line}\n     {fix}");
     let v: Value = serde_json::from_slice(&cli_as_nobody(&["info", "--json"], 8 * mib)?.stdout)?;
     let problems = v["checks"]["problems"]
         .as_array()
@@ -246,13 +253,13 @@ fn info_memlock(c: &Ctx) -> TestResult {
         "root: {}",
         v["checks"]
     );
-    // What info says holds: 2 MiB chunks stream direct, 4 MiB ones (three
-    // in flight: 12 MiB) fall back.
+    // What info says holds: the chunk it suggests (three in flight: 8184
+    // KiB) streams direct, 4 MiB ones (12 MiB) fall back.
     let p = write_file(c.fs("tmpfs")?, "info-memlock.bin", &data(16 << 20, 21));
-    let v = stream_chunks_as_nobody(&p, 8 * mib, "2M")?;
+    let v = stream_chunks_as_nobody(&p, 8 * mib, "2728K")?;
     ensure!(
         v["verified"] == true && v["paths"]["direct"] == 16 << 20,
-        "2 MiB chunks: {}",
+        "2728 KiB chunks: {}",
         v["paths"]
     );
     let v = stream_chunks_as_nobody(&p, 8 * mib, "4M")?;

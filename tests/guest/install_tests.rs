@@ -2,6 +2,7 @@
 //! kmod/ (scripts/dkms-check.sh, run on the host for the guest's kernel,
 //! in overlays), loaded here with modprobe from where DKMS put it.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -17,6 +18,7 @@ pub fn all() -> Vec<(String, TestFn)> {
             "install/memlock-limits-d".into(),
             Box::new(memlock_limits_d),
         ),
+        ("install/udev-narrow".into(), Box::new(udev_narrow)),
     ]
 }
 
@@ -165,5 +167,93 @@ fn memlock_limits_d(_c: &Ctx) -> TestResult {
         Ok(())
     })();
     std::fs::remove_file(conf)?;
+    result
+}
+
+/// The optional udev rule of docs/kmod.md, "Device permissions", that
+/// narrows /dev/dmafile to a group: applied by udev to the device node,
+/// after which a user outside the group is told by `dmafile info` that
+/// the device is closed to them and what to do, and root still maps.
+fn udev_narrow(c: &Ctx) -> TestResult {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dev = Path::new(dmafile::kmod::DEVICE);
+    let mode = |p: &Path| std::fs::metadata(p).map(|m| (m.permissions().mode() & 0o777, m.gid()));
+    let (before, _) = mode(dev)?;
+    ensure!(
+        before == 0o666,
+        "/dev/dmafile is {before:o} before the rule, not 0666"
+    );
+    let rule = Path::new("/etc/udev/rules.d/70-dmafile.rules");
+    std::fs::write(
+        rule,
+        "KERNEL==\"dmafile\", SUBSYSTEM==\"misc\", GROUP=\"video\", MODE=\"0660\"\n",
+    )?;
+    let result = (|| -> TestResult {
+        // What udevd runs for the device's "add" event, run here by hand:
+        // the guest has no udevd.
+        run("udevadm", &["test", "--action=add", "/class/misc/dmafile"])?;
+        let (after, gid) = mode(dev)?;
+        let video = nix::unistd::Group::from_name("video")?.ok_or("no group video")?;
+        ensure!(
+            after == 0o660 && gid == video.gid.as_raw(),
+            "after the rule /dev/dmafile is {after:o} gid {gid}, not 0660 gid {} (video)",
+            video.gid
+        );
+        let dmafile = sibling("dmafile");
+        let info = run(
+            "runuser",
+            &[
+                "-u",
+                "nobody",
+                "--",
+                dmafile.to_str().unwrap(),
+                "info",
+                "--json",
+            ],
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&info)
+            .map_err(|e| format!("dmafile info --json as nobody: {e}:\n{info}"))?;
+        let problems = v["checks"]["problems"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let problem = problems
+            .iter()
+            .find(|p| p["check"] == "permissions")
+            .ok_or_else(|| {
+                format!(
+                    "info as nobody finds no permissions problem: {}",
+                    v["checks"]
+                )
+            })?;
+        ensure!(
+            problem["problem"]
+                .as_str()
+                .is_some_and(|s| s.contains("Permission denied")),
+            "permissions problem: {problem}"
+        );
+        let direct = v["paths"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["path"] == "direct"))
+            .ok_or("no direct path in info")?;
+        ensure!(
+            direct["available"] == false,
+            "direct is available to nobody: {direct}"
+        );
+        // Root, outside the group too, still opens it and maps.
+        let p = write_file(c.fs("ext4")?, "perm.bin", &[7u8; 8192]);
+        let f = open_ro(&p);
+        let buf = c.module().map(f.as_fd(), 0, 8192, 0)?;
+        drop(buf);
+        println!(
+            "     /dev/dmafile 0666 -> 0660 root:video by the rule; nobody is told: {}",
+            problem["problem"]
+        );
+        Ok(())
+    })();
+    std::fs::remove_file(rule)?;
+    // Back to what the module made it.
+    std::fs::set_permissions(dev, std::fs::Permissions::from_mode(0o666))?;
+    nix::unistd::chown(dev, None, Some(nix::unistd::Gid::from_raw(0)))?;
     result
 }

@@ -60,14 +60,15 @@ quoted=""
 # tests (docs/kmod.md, "Storage-direct"): pmem0 256 MiB at 1 GiB (ext4),
 # pmem1 384 MiB at 1.25 GiB (xfs needs 300 MB). A region at 2 GiB in a
 # 3 GiB q35 guest lands in the PCI hole and corrupts data. /lib/modules,
-# /etc/modules-load.d and /etc/security/limits.d are writable in the guest
-# only (overlays), for the install/ tests.
+# /etc/modules-load.d, /etc/security/limits.d and /etc/udev/rules.d are
+# writable in the guest only (overlays), for the install/ tests.
 PMEM_APPEND='memmap=256M!1G memmap=384M!1280M'
 echo "guest: booting $GUEST_VMLINUZ (${accel[*]:-kvm})"
 set +e
 timeout "${DMAFILE_GUEST_TIMEOUT:-1800}" "$vng" -r "$GUEST_VMLINUZ" "${accel[@]}" \
     --memory 3G --cpus 2 --rwdir "$out" --append "$PMEM_APPEND" \
-    --overlay-rwdir /lib/modules --overlay-rwdir /etc/modules-load.d --overlay-rwdir /etc/security/limits.d \
+    --overlay-rwdir /lib/modules --overlay-rwdir /etc/modules-load.d \
+    --overlay-rwdir /etc/security/limits.d --overlay-rwdir /etc/udev/rules.d \
     --exec "$here/tests/guest/inside.sh $out $ko $bin$quoted" 2>&1 | cat
 # (through cat: QEMU reopens its stdout, which truncates a log file it is redirected to)
 vrc=${PIPESTATUS[0]}
