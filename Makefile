@@ -35,6 +35,7 @@ test-host:
 	$(CARGO) test --release --workspace --locked --no-fail-fast
 	scripts/test-independent-crc.sh
 	scripts/package-check.sh
+	$(CARGO) clippy --release --workspace --all-targets --locked -- -D warnings
 
 # checkpatch --strict and sparse on the kernel module.
 test-kmod: setup-guest

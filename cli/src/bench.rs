@@ -85,12 +85,12 @@ pub fn run(o: BenchOpts) -> Result<ExitCode, CliError> {
             code: 2,
         });
     }
-    let gpu = Gpu::open_default()?;
+    let gpu = Gpu::open_from_env()?;
     let base_cfg = StreamConfig {
         chunk: o.chunk,
         depth: o.depth,
         shader: o.shader,
-        ..Default::default()
+        ..StreamConfig::from_env()
     };
     dmafile::stream::validate_config(&gpu, &base_cfg)?;
 

@@ -206,8 +206,8 @@ fn module_json(m: &ModuleState) -> serde_json::Value {
 }
 
 pub fn run(as_json: bool, chunk: u64, depth: usize) -> Result<ExitCode, CliError> {
-    let wanted = std::env::var("DMAFILE_DEVICE").ok();
-    let gpu = Gpu::open(wanted.as_deref())?;
+    let wanted = std::env::var(dmafile::DEVICE_ENV).ok();
+    let gpu = Gpu::open_from_env()?;
     let (devices, chosen) = (gpu.devices(), gpu.chosen());
     let paths = gpu.path_availability();
     let module = module_state();

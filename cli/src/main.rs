@@ -100,6 +100,11 @@ impl From<dmafile::Error> for CliError {
             dmafile::Error::Config { setting, msg } => {
                 format!("invalid --{}: {msg}", setting.replace('_', "-"))
             }
+            // The CLI's only source of a wanted device.
+            dmafile::Error::NoSuchDevice { wanted, have } => format!(
+                "{}={wanted:?} matches no Vulkan device (have: {have})",
+                dmafile::DEVICE_ENV
+            ),
             e => e.to_string(),
         };
         CliError { msg, code: 2 }
@@ -144,7 +149,7 @@ fn progress_bar(total: u64, label: &str) -> indicatif::ProgressBar {
 }
 
 fn stream(o: StreamOpts) -> Result<ExitCode, CliError> {
-    let gpu = Gpu::open_default()?;
+    let gpu = Gpu::open_from_env()?;
     let cfg = StreamConfig {
         path: o.path,
         chunk: o.chunk,
@@ -152,7 +157,7 @@ fn stream(o: StreamOpts) -> Result<ExitCode, CliError> {
         shader: o.shader,
         memory_budget: o.memory_budget,
         verify: o.verify,
-        ..Default::default()
+        ..StreamConfig::from_env()
     };
     let mut s = Streamer::new(&gpu, cfg)?;
     let mut pb: Option<indicatif::ProgressBar> = None;
@@ -180,7 +185,27 @@ fn stream(o: StreamOpts) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The runtime's log records at warning level and above, on stderr: the
+/// library never prints, the command decides to.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::Level::Warn
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            let level = r.level().as_str().to_lowercase();
+            eprintln!("dmafile: {level}: {}", r.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
 fn main() -> ExitCode {
+    let _ = log::set_logger(&StderrLog).map(|()| log::set_max_level(log::LevelFilter::Warn));
     let opts = Opts::parse();
     let r = match opts.cmd {
         Cmd::Info { json, chunk, depth } => info::run(json, chunk, depth),

@@ -249,7 +249,7 @@ impl Drop for Gem<'_> {
             None => self.display.card.close_buffer(self.handle),
         };
         if let Err(e) = r {
-            eprintln!("dmafile: closing GEM handle {:?}: {e}", self.handle);
+            log::warn!("closing GEM handle {:?}: {e}", self.handle);
         }
     }
 }
@@ -271,7 +271,7 @@ impl Framebuffer<'_> {
 impl Drop for Framebuffer<'_> {
     fn drop(&mut self) {
         if let Err(e) = self.display.card.destroy_framebuffer(self.fb) {
-            eprintln!("dmafile: removing framebuffer {:?}: {e}", self.fb);
+            log::warn!("removing framebuffer {:?}: {e}", self.fb);
         }
     }
 }

@@ -38,8 +38,8 @@ pub enum Error {
     /// The Vulkan loader could not be loaded or has no usable device.
     #[error("Vulkan: {0}")]
     NoVulkan(String),
-    /// `DMAFILE_DEVICE` names no device.
-    #[error("DMAFILE_DEVICE={wanted:?} matches no Vulkan device (have: {have})")]
+    /// The device asked for (by index or name) is not there.
+    #[error("{wanted:?} matches no Vulkan device (have: {have})")]
     NoSuchDevice { wanted: String, have: String },
     /// A Vulkan call failed.
     #[error("Vulkan: {call} failed: {result}")]

@@ -14,6 +14,8 @@
 //! # Ok::<(), dmafile::Error>(())
 //! ```
 #![deny(unsafe_op_in_unsafe_fn)]
+// A library never prints: warnings go through the `log` facade.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod compute;
 pub mod cpu;
@@ -35,7 +37,7 @@ mod test_common;
 
 pub use compute::{Arg, DeviceBuffer, Kernel};
 pub use error::{Error, Result};
-pub use gpu::{choose_device, DeviceInfo, DeviceKind, Features, Gpu, MemoryType};
+pub use gpu::{choose_device, DeviceInfo, DeviceKind, Features, Gpu, MemoryType, DEVICE_ENV};
 pub use path::{Fallback, PathAvailability, PathChoice, PathKind, ReasonCode, Unavailable};
 pub use region::{Access, Region, RegionOptions, RegionReport};
 pub use shader::{Accumulator, ShaderKind, ShaderResult};

@@ -437,7 +437,9 @@ impl Drop for Region {
         // still write it back, as a direct mapping's stores would be.
         if self.buffer.is_some() && self.written.get() && self.kind != PathKind::Direct {
             if let Err(e) = self.check().and_then(|()| self.write_back()) {
-                eprintln!("dmafile: region dropped without finish(); its output was not written back: {e}");
+                log::error!(
+                    "region dropped without finish(); its output was not written back: {e}"
+                );
             }
         }
     }

@@ -56,8 +56,21 @@ pub struct StreamConfig {
     pub verify: bool,
     /// Upload through a staging buffer and a device copy even where
     /// device-local memory is host-visible: what discrete GPUs do, so the
-    /// copy path can be tested on lavapipe (env `DMAFILE_FORCE_STAGING=1`).
+    /// copy path can be tested on lavapipe ([`StreamConfig::from_env`]
+    /// reads it from `DMAFILE_FORCE_STAGING=1`; the default does not).
     pub force_staging: bool,
+}
+
+impl StreamConfig {
+    /// The default configuration, with `force_staging` from the
+    /// environment variable `DMAFILE_FORCE_STAGING` (`1`): what the `dmafile`
+    /// command uses. [`StreamConfig::default`] reads no environment.
+    pub fn from_env() -> Self {
+        StreamConfig {
+            force_staging: std::env::var_os("DMAFILE_FORCE_STAGING").is_some_and(|v| v == "1"),
+            ..Default::default()
+        }
+    }
 }
 
 impl Default for StreamConfig {
@@ -69,7 +82,7 @@ impl Default for StreamConfig {
             shader: ShaderKind::Crc32c,
             memory_budget: None,
             verify: false,
-            force_staging: std::env::var_os("DMAFILE_FORCE_STAGING").is_some_and(|v| v == "1"),
+            force_staging: false,
         }
     }
 }

@@ -277,7 +277,10 @@ fn describe(instance: &ash::Instance, index: usize, pd: vk::PhysicalDevice) -> R
     })
 }
 
-/// Picks a device: `wanted` (DMAFILE_DEVICE) is an index or a substring of
+/// The environment variable [`Gpu::open_from_env`] reads.
+pub const DEVICE_ENV: &str = "DMAFILE_DEVICE";
+
+/// Picks a device: `wanted` is an index or a substring of
 /// the name; without it, discrete > integrated > virtual > CPU.
 pub fn choose_device(devices: &[DeviceInfo], wanted: Option<&str>) -> Result<usize> {
     if devices.is_empty() {
@@ -326,9 +329,19 @@ pub struct Gpu {
 }
 
 impl Gpu {
-    /// Opens the device named by `DMAFILE_DEVICE`, or the best one.
+    /// Opens the best device: discrete > integrated > virtual > CPU. It
+    /// reads no environment variable (see [`Gpu::open_from_env`]).
     pub fn open_default() -> Result<Gpu> {
-        Gpu::open(std::env::var("DMAFILE_DEVICE").ok().as_deref())
+        Gpu::open(None)
+    }
+
+    /// Opens the device the environment variable `DMAFILE_DEVICE` names
+    /// (an index or a substring of the name, as [`choose_device`] takes
+    /// it), or the best one when it is unset: what the `dmafile` command
+    /// and the samples do. A library that links dmafile should pass its
+    /// own choice to [`Gpu::open`] instead.
+    pub fn open_from_env() -> Result<Gpu> {
+        Gpu::open(std::env::var(DEVICE_ENV).ok().as_deref())
     }
 
     /// Opens the device `wanted` selects (see [`choose_device`]).

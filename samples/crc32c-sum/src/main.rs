@@ -102,7 +102,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let gpu = match Gpu::open_default() {
+    let gpu = match Gpu::open_from_env() {
         Ok(g) => g,
         Err(e) => {
             eprintln!("crc32c-sum: {e}");

@@ -113,7 +113,7 @@ struct Report {
 
 fn run(o: &Opts) -> Result<Report, String> {
     let tensors = st::read_header(&o.file)?;
-    let gpu = Gpu::open_default().map_err(|e| e.to_string())?;
+    let gpu = Gpu::open_from_env().map_err(|e| e.to_string())?;
     let info = gpu.info();
     let piece = o
         .piece
