@@ -37,7 +37,10 @@ mod test_common;
 
 pub use compute::{Arg, DeviceBuffer, Kernel};
 pub use error::{Error, Result};
-pub use gpu::{choose_device, DeviceInfo, DeviceKind, Features, Gpu, MemoryType, DEVICE_ENV};
+pub use gpu::{
+    choose_device, device_requirements, BorrowedDevice, DeviceInfo, DeviceKind, DeviceRequirements,
+    Features, Gpu, MemoryType, PathRequirement, QueueGuard, DEVICE_ENV,
+};
 pub use path::{Fallback, PathAvailability, PathChoice, PathKind, ReasonCode, Unavailable};
 pub use region::{Access, Region, RegionOptions, RegionReport};
 pub use shader::{Accumulator, ShaderKind, ShaderResult};

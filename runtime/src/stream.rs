@@ -367,13 +367,21 @@ impl Streamer {
         }
     }
 
+    /// Waits for this streamer's own submissions only (each signals the
+    /// timeline with the next value), not for the whole device: on a
+    /// device borrowed from the application, its own work goes on.
     fn wait_idle(&self) {
-        if let Ok(_q) = self.gpu.shared.queue.lock() {
-            // SAFETY: the queue lock is held, so no submission races this.
-            unsafe {
-                let _ = self.gpu.shared.device.device_wait_idle();
-            }
+        if self.next_value == 0 || self.timeline == vk::Semaphore::null() {
+            return;
         }
+        let sems = [self.timeline];
+        let vals = [self.next_value];
+        let wi = vk::SemaphoreWaitInfo::default()
+            .semaphores(&sems)
+            .values(&vals);
+        // SAFETY: our own timeline; every value up to next_value was
+        // submitted, so the wait ends (or fails with the device lost).
+        let _ = unsafe { self.gpu.shared.device.wait_semaphores(&wi, u64::MAX) };
     }
 
     /// Picks the path for one file, recording what `auto` skipped.
@@ -793,8 +801,7 @@ impl Streamer {
                 vk::PipelineStageFlags::HOST,
             );
         }
-        self.next_value += 1;
-        let value = self.next_value;
+        let value = self.next_value + 1;
         let signal = [value];
         let sems = [self.timeline];
         let cmds = [cmd];
@@ -809,6 +816,8 @@ impl Streamer {
             d.end_command_buffer(cmd).vk("vkEndCommandBuffer")?;
             dev.submit(&si, vk::Fence::null())?;
         }
+        // Only a submitted value is ever waited for (wait_idle).
+        self.next_value = value;
         slot.pending = Some(Pending {
             value,
             file,

@@ -101,9 +101,13 @@ impl DeviceInfo {
     }
 }
 
-/// Owns the loader, instance and device. Dropped last.
+/// Holds the loader, instance and device; destroys the device and the
+/// instance last, and only when dmafile created them (`owned`).
 pub(crate) struct DeviceShared {
     _entry: ash::Entry,
+    /// False for a device borrowed from the application
+    /// ([`Gpu::from_raw`]): the app destroys it and its instance.
+    owned: bool,
     pub instance: ash::Instance,
     pub device: ash::Device,
     pub queue: Mutex<vk::Queue>,
@@ -150,6 +154,12 @@ struct Opened {
 
 impl Drop for DeviceShared {
     fn drop(&mut self) {
+        if !self.owned {
+            // The application's: every object dmafile made from it is
+            // gone (each holds an Arc to this struct), and the device and
+            // instance stay the app's to destroy.
+            return;
+        }
         // SAFETY: every object created from the device holds an Arc to this
         // struct, so none is alive any more; the device goes before the
         // instance it was made from.
@@ -355,6 +365,7 @@ impl Gpu {
                 Ok(Gpu {
                     shared: Arc::new(DeviceShared {
                         _entry: entry,
+                        owned: true,
                         instance,
                         device: o.device,
                         queue: Mutex::new(queue),
@@ -498,11 +509,282 @@ impl Gpu {
             PathKind::Upload => return None,
         };
         (!has).then(|| {
-            Unavailable::new(
-                kind,
-                ReasonCode::MissingExtension,
-                format!("{name} lacks {ext}"),
-            )
+            let why = if self.shared.owned {
+                format!("{name} lacks {ext}")
+            } else {
+                format!("{ext} is not enabled on the application's device ({name}) or not supported by it")
+            };
+            Unavailable::new(kind, ReasonCode::MissingExtension, why)
         })
+    }
+}
+
+/// The device extensions, features and API version each path needs, for
+/// an application that creates its own device and lends it to dmafile
+/// ([`Gpu::from_raw`]): call [`device_requirements`] before
+/// `vkCreateDevice` and enable what it lists.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceRequirements {
+    /// Device extensions to enable: every one below that this physical
+    /// device supports (`VK_KHR_external_memory_fd`,
+    /// `VK_EXT_external_memory_dma_buf`, `VK_EXT_external_memory_host`).
+    #[serde(serialize_with = "ser_cstrs")]
+    pub extensions: Vec<&'static CStr>,
+    /// `VkPhysicalDeviceVulkan12Features::timelineSemaphore`: required by
+    /// every path (streaming and the read queue wait on timelines).
+    pub timeline_semaphore: bool,
+    /// The instance's `apiVersion` must be at least this (Vulkan 1.2).
+    pub api_version: u32,
+    /// Per path: what it needs, and whether this physical device has it.
+    pub paths: Vec<PathRequirement>,
+}
+
+/// What one path needs of the device.
+#[derive(Clone, Debug, Serialize)]
+pub struct PathRequirement {
+    pub path: PathKind,
+    #[serde(serialize_with = "ser_cstrs")]
+    pub extensions: Vec<&'static CStr>,
+    /// Whether the physical device supports all of them (the kernel side,
+    /// the module or dma-heaps, is reported by [`Gpu::unavailable`]).
+    pub supported: bool,
+}
+
+fn ser_cstrs<S: serde::Serializer>(
+    v: &[&'static CStr],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|c| c.to_string_lossy()))
+}
+
+/// The extensions each path needs, in [`PathKind::ALL`] order.
+fn path_extensions(kind: PathKind) -> Vec<&'static CStr> {
+    match kind {
+        PathKind::Direct | PathKind::Heap => vec![
+            ash::khr::external_memory_fd::NAME,
+            ash::ext::external_memory_dma_buf::NAME,
+        ],
+        PathKind::Host => vec![ash::ext::external_memory_host::NAME],
+        PathKind::Upload => vec![],
+    }
+}
+
+/// What an application must enable on `physical_device` for each dmafile
+/// path (see [`DeviceRequirements`]). Call it before creating the device
+/// you will lend with [`Gpu::from_raw`].
+///
+/// # Safety
+/// `physical_device` must have been enumerated from `instance`, which must
+/// have been created with an `apiVersion` of Vulkan 1.1 or later.
+pub unsafe fn device_requirements(
+    instance: &ash::Instance,
+    physical_device: vk::PhysicalDevice,
+) -> Result<DeviceRequirements> {
+    let info = describe(instance, 0, physical_device)?;
+    let supported = |e: &CStr| match e.to_bytes() {
+        b"VK_KHR_external_memory_fd" => info.features.external_memory_fd,
+        b"VK_EXT_external_memory_dma_buf" => info.features.external_memory_dma_buf,
+        b"VK_EXT_external_memory_host" => info.features.external_memory_host,
+        _ => false,
+    };
+    let paths: Vec<PathRequirement> = PathKind::ALL
+        .into_iter()
+        .map(|path| {
+            let extensions = path_extensions(path);
+            let ok = extensions.iter().all(|e| supported(e));
+            PathRequirement {
+                path,
+                extensions,
+                supported: ok,
+            }
+        })
+        .collect();
+    let mut extensions: Vec<&'static CStr> = vec![];
+    for p in paths.iter().filter(|p| p.supported) {
+        for e in &p.extensions {
+            if !extensions.contains(e) {
+                extensions.push(e);
+            }
+        }
+    }
+    Ok(DeviceRequirements {
+        extensions,
+        timeline_semaphore: true,
+        api_version: vk::API_VERSION_1_2,
+        paths,
+    })
+}
+
+/// The Vulkan objects an application lends dmafile ([`Gpu::from_raw`]).
+#[derive(Clone, Copy, Debug)]
+pub struct BorrowedDevice<'a> {
+    /// The loader's `vkGetInstanceProcAddr` the app uses
+    /// (`entry.static_fn().get_instance_proc_addr` with ash).
+    pub get_instance_proc_addr: vk::PFN_vkGetInstanceProcAddr,
+    pub instance: vk::Instance,
+    /// The `apiVersion` the instance was created with (at least 1.2).
+    pub instance_api_version: u32,
+    pub physical_device: vk::PhysicalDevice,
+    pub device: vk::Device,
+    /// A family with `COMPUTE`, and a queue of it the device was created with.
+    pub queue_family: u32,
+    pub queue_index: u32,
+    /// The device extensions the app enabled: dmafile uses a path only
+    /// when everything it needs is among them.
+    pub enabled_extensions: &'a [&'a CStr],
+    /// Whether the app enabled the `timelineSemaphore` feature.
+    pub timeline_semaphore: bool,
+}
+
+impl Gpu {
+    /// Adopts a Vulkan device the application created and owns: dmafile
+    /// works on the app's device and queue, and never destroys them.
+    /// Paths whose extensions the app did not enable (see
+    /// [`device_requirements`]) are unavailable, with the reason
+    /// [`ReasonCode::MissingExtension`].
+    ///
+    /// # Safety
+    /// - Every handle in `b` must be valid and made from the one before it
+    ///   (device from physical device from instance), with
+    ///   `get_instance_proc_addr` the loader's that made the instance, and
+    ///   the device created with the extensions in `enabled_extensions`,
+    ///   the `timelineSemaphore` feature if `timeline_semaphore`, and a
+    ///   queue `queue_index` of `queue_family`.
+    /// - Ownership: the application keeps owning the instance, the device
+    ///   and the queue. dmafile destroys only the objects it creates on
+    ///   them, each when the Rust value that holds it drops. The
+    ///   application must destroy its device only after every
+    ///   dmafile value made from this `Gpu` (the `Gpu` clones, streamers,
+    ///   regions, kernels, buffers) has been dropped.
+    /// - The queue: Vulkan requires submissions to a queue to be
+    ///   externally synchronized. dmafile submits to it while holding
+    ///   [`Gpu::lock_queue`]'s lock; if the application submits to the same
+    ///   queue from a thread that may run while a dmafile call does, it
+    ///   must hold that lock too (or lend dmafile a queue of its own).
+    pub unsafe fn from_raw(b: BorrowedDevice<'_>) -> Result<Gpu> {
+        let static_fn = ash::StaticFn {
+            get_instance_proc_addr: b.get_instance_proc_addr,
+        };
+        // SAFETY: per the caller, the function is the loader's that made
+        // the instance, and the device was made from the instance.
+        let (entry, instance, device) = unsafe {
+            let entry = ash::Entry::from_static_fn(static_fn.clone());
+            let instance = ash::Instance::load(&static_fn, b.instance);
+            let device = ash::Device::load(instance.fp_v1_0(), b.device);
+            (entry, instance, device)
+        };
+        if b.instance_api_version < vk::API_VERSION_1_2 {
+            return Err(Error::DeviceUnsuitable {
+                device: "the application's device".into(),
+                what: "its instance was created for Vulkan below 1.2 (dmafile needs 1.2)".into(),
+            });
+        }
+        // SAFETY: instance is valid (caller).
+        let pds =
+            unsafe { instance.enumerate_physical_devices() }.vk("vkEnumeratePhysicalDevices")?;
+        let index = pds
+            .iter()
+            .position(|&p| p == b.physical_device)
+            .ok_or_else(|| Error::DeviceUnsuitable {
+                device: "the application's device".into(),
+                what: "its physical device is not one of its instance's".into(),
+            })?;
+        let mut info = describe(&instance, index, b.physical_device)?;
+        let enabled = |e: &CStr| b.enabled_extensions.contains(&e);
+        // What the device supports and the app enabled.
+        let f = &mut info.features;
+        f.external_memory_fd &= enabled(ash::khr::external_memory_fd::NAME);
+        f.external_memory_dma_buf &=
+            f.external_memory_fd && enabled(ash::ext::external_memory_dma_buf::NAME);
+        f.external_memory_host &= enabled(ash::ext::external_memory_host::NAME);
+        f.timeline_semaphore &= b.timeline_semaphore;
+        if !f.timeline_semaphore {
+            return Err(Error::DeviceUnsuitable {
+                device: info.name.clone(),
+                what: "the timelineSemaphore feature is not enabled on the application's device"
+                    .into(),
+            });
+        }
+        // SAFETY: the physical device is valid.
+        let families =
+            unsafe { instance.get_physical_device_queue_family_properties(b.physical_device) };
+        if !families.get(b.queue_family as usize).is_some_and(|q| {
+            q.queue_flags.contains(vk::QueueFlags::COMPUTE) && b.queue_index < q.queue_count
+        }) {
+            return Err(Error::DeviceUnsuitable {
+                device: info.name.clone(),
+                what: format!(
+                    "queue {} of family {} is not a compute queue the device has",
+                    b.queue_index, b.queue_family
+                ),
+            });
+        }
+        let host_ext = info
+            .features
+            .external_memory_host
+            .then(|| ash::ext::external_memory_host::Device::new(&instance, &device));
+        let fd_ext = info
+            .features
+            .external_memory_dma_buf
+            .then(|| ash::khr::external_memory_fd::Device::new(&instance, &device));
+        // SAFETY: the device was created with this queue (caller).
+        let queue = unsafe { device.get_device_queue(b.queue_family, b.queue_index) };
+        // SAFETY: the physical device is valid.
+        let mem_props =
+            unsafe { instance.get_physical_device_memory_properties(b.physical_device) };
+        Ok(Gpu {
+            shared: Arc::new(DeviceShared {
+                _entry: entry,
+                owned: false,
+                instance,
+                device,
+                queue: Mutex::new(queue),
+                queue_family: b.queue_family,
+                host_ext,
+                fd_ext,
+                mem_props,
+                devices: vec![info],
+                chosen: 0,
+            }),
+        })
+    }
+
+    /// Whether dmafile created this device ([`Gpu::open`]) or borrows the
+    /// application's ([`Gpu::from_raw`]).
+    pub fn is_borrowed(&self) -> bool {
+        !self.shared.owned
+    }
+
+    /// The raw handles of the device dmafile works on, for an app that
+    /// shares it: valid while this `Gpu` (or any clone) lives.
+    pub fn raw_device(&self) -> vk::Device {
+        self.shared.device.handle()
+    }
+
+    /// The queue family dmafile submits to.
+    pub fn queue_family(&self) -> u32 {
+        self.shared.queue_family
+    }
+
+    /// Locks the queue dmafile submits to and returns it: an application
+    /// that submits to the same queue must do so while holding this (see
+    /// the queue rules of [`Gpu::from_raw`]). dmafile's own calls that
+    /// submit block until it is released.
+    pub fn lock_queue(&self) -> Result<QueueGuard<'_>> {
+        let g = self
+            .shared
+            .queue
+            .lock()
+            .map_err(|_| Error::NoVulkan("queue lock poisoned".into()))?;
+        Ok(QueueGuard(g))
+    }
+}
+
+/// The queue dmafile submits to, locked ([`Gpu::lock_queue`]).
+pub struct QueueGuard<'a>(std::sync::MutexGuard<'a, vk::Queue>);
+
+impl QueueGuard<'_> {
+    pub fn queue(&self) -> vk::Queue {
+        *self.0
     }
 }
