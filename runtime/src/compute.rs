@@ -16,6 +16,7 @@ use crate::error::{Error, Result, VkResultExt};
 use crate::gpu::kernels::{begin_one_time, compute_pipeline, pipeline_layout, storage_set_layout};
 use crate::gpu::memory::{Buffer, Placement};
 use crate::gpu::{DeviceShared, Gpu};
+use crate::import::external_ownership;
 use crate::region::Region;
 use crate::spirv::{self, Binding};
 
@@ -269,36 +270,14 @@ impl Kernel {
                 _ => None,
             })
             .collect();
-        let ownership = |acquire: bool| -> Vec<vk::BufferMemoryBarrier<'_>> {
-            imported
-                .iter()
-                .map(|&b| {
-                    let (src, dst) = if acquire {
-                        (vk::QUEUE_FAMILY_EXTERNAL, self.dev.queue_family)
-                    } else {
-                        (self.dev.queue_family, vk::QUEUE_FAMILY_EXTERNAL)
-                    };
-                    vk::BufferMemoryBarrier::default()
-                        .src_access_mask(if acquire {
-                            vk::AccessFlags::empty()
-                        } else {
-                            vk::AccessFlags::SHADER_WRITE
-                        })
-                        .dst_access_mask(if acquire {
-                            vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE
-                        } else {
-                            vk::AccessFlags::empty()
-                        })
-                        .src_queue_family_index(src)
-                        .dst_queue_family_index(dst)
-                        .buffer(b)
-                        .offset(0)
-                        .size(vk::WHOLE_SIZE)
-                })
-                .collect()
-        };
-        let acquire = ownership(true);
-        let release = ownership(false);
+        let family = self.dev.queue_family;
+        let acquire = external_ownership(
+            family,
+            &imported,
+            true,
+            vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE,
+        );
+        let release = external_ownership(family, &imported, false, vk::AccessFlags::SHADER_WRITE);
         let host_read = [vk::MemoryBarrier::default()
             .src_access_mask(vk::AccessFlags::SHADER_WRITE)
             .dst_access_mask(vk::AccessFlags::HOST_READ)];

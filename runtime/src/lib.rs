@@ -23,6 +23,7 @@ pub mod display;
 mod error;
 mod gpu;
 mod hostmap;
+mod import;
 pub mod kmod;
 pub mod path;
 pub mod region;

@@ -29,16 +29,13 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::gpu::memory::{Buffer, DmaBufSource, Placement};
+use crate::gpu::memory::{Buffer, DmaBufSource};
 use crate::gpu::Gpu;
-use crate::hostmap::{HostMapping, ReadLease};
-use crate::kmod::{dma_buf_sync, flags, sync, Backing, Module, Status};
-use crate::path::{
-    kernel_side, lease_for_host, open_module, open_system_heap, unmappable, Fallback, PathChoice,
-    PathKind, ReasonCode, Unavailable, SYSTEM_HEAP,
-};
+use crate::hostmap::ReadLease;
+use crate::import::{choose, import_range};
+use crate::kmod::{dma_buf_sync, sync, Backing, Module, Status};
+use crate::path::{Fallback, PathChoice, PathKind, SYSTEM_HEAP};
 use crate::source::SourceFile;
-use crate::stream::{fill_heap_buffer, read_parallel};
 use crate::PAGE_SIZE;
 
 /// What the device may do to a region.
@@ -138,112 +135,28 @@ impl Region {
             cpu_copied: 0,
             written: Cell::new(false),
         };
-        let candidates: Vec<PathKind> = match opts.path {
-            PathChoice::Only(k) => vec![k],
-            PathChoice::Auto => PathKind::ALL.to_vec(),
-        };
-        let mut skipped: Vec<Unavailable> = vec![];
-        for k in candidates {
-            match r.try_path(gpu, k) {
-                Ok(b) => {
-                    r.kind = k;
-                    r.buffer = Some(b);
-                    let file = r.file.path().display().to_string();
-                    r.fallbacks = skipped
-                        .into_iter()
-                        .map(|u| Fallback {
-                            from: u.path,
-                            to: k,
-                            code: u.code,
-                            reason: u.reason,
-                            file: Some(file.clone()),
-                        })
-                        .collect();
-                    return Ok(r);
-                }
-                Err(e) if opts.path == PathChoice::Auto && k != PathKind::Upload => {
-                    skipped.push(match e {
-                        Error::PathUnavailable(u) => u,
-                        e => Unavailable::new(k, ReasonCode::ImportFailed, e.to_string()),
-                    });
-                    r.module = None;
-                    r.lease = None;
-                    r.cpu_copied = 0;
-                }
-                Err(e) => return Err(e),
+        let write = opts.access == Access::ReadWrite;
+        let start = offset - skew;
+        let n = skew + len;
+        let name = r.file.path().display().to_string();
+        let file = &mut r.file;
+        let (imported, kind, fallbacks) = choose(opts.path, &name, &[], |k| {
+            let i = import_range(gpu, file, start, n, k, write)?;
+            if write && k == PathKind::Direct {
+                // Pinning for write faulted the pages writable, which moves
+                // the file's times on tmpfs: our change, not another
+                // writer's.
+                file.rebase_identity()?;
             }
-        }
-        unreachable!("auto ends with upload, which returns")
-    }
-
-    /// Makes the range visible through path `k`, or says why it cannot.
-    fn try_path(&mut self, gpu: &Gpu, k: PathKind) -> Result<Buffer> {
-        if let Some(u) = gpu.device_unavailable(k) {
-            return Err(u.into());
-        }
-        let dev = &gpu.shared;
-        let write = self.access == Access::ReadWrite;
-        let start = self.offset - self.skew;
-        let n = self.skew + self.len;
-        let size = n.next_multiple_of(4);
-        let f = &self.file;
-        if let Some(u) = unmappable(k, f).filter(|_| matches!(k, PathKind::Direct | PathKind::Host))
-        {
-            return Err(u.into());
-        }
-        match k {
-            PathKind::Direct => {
-                let m = open_module()?;
-                let mflags = if write { flags::WRITE } else { 0 };
-                let b = m
-                    .map(f.fd(), start, n, mflags)
-                    .map_err(|e| Unavailable::from_map_error(k, f.path(), &e))?;
-                self.module = Some(m);
-                if write {
-                    // Pinning for write faulted the pages writable, which
-                    // moves the file's times on tmpfs: our change, not another
-                    // writer's.
-                    self.file.rebase_identity()?;
-                }
-                Buffer::import_dmabuf(dev, DmaBufSource::Module(b), size)
-            }
-            PathKind::Host => {
-                if write {
-                    return Err(Unavailable::new(
-                        k,
-                        ReasonCode::ReadOnlyPath,
-                        "the host path maps files read-only, under a read lease that a writable open excludes",
-                    )
-                    .into());
-                }
-                let lease = lease_for_host(f)?;
-                let align = dev.info().min_imported_host_pointer_alignment;
-                let map = HostMapping::map(f.fd(), start, n, align)
-                    .map_err(|e| Error::io(f.path(), "cannot mmap", e))?;
-                self.lease = Some(lease);
-                Buffer::import_host(dev, map)
-            }
-            PathKind::Heap => {
-                if let Some(u) = kernel_side(k) {
-                    return Err(u.into());
-                }
-                let heap = open_system_heap()?;
-                let src = fill_heap_buffer(&heap, f, start, n)?;
-                self.cpu_copied += n;
-                Buffer::import_dmabuf(dev, src, size)
-            }
-            PathKind::Upload => {
-                let mut b = Buffer::allocate(dev, size, Placement::Upload)?;
-                let bytes = b.host_bytes_mut().ok_or_else(|| Error::DeviceUnsuitable {
-                    device: dev.info().name.clone(),
-                    what: "upload memory is not host-visible".into(),
-                })?;
-                read_parallel(f, start, &mut bytes[..n as usize])?;
-                bytes[n as usize..].fill(0);
-                self.cpu_copied += n;
-                Ok(b)
-            }
-        }
+            Ok(i)
+        })?;
+        r.kind = kind;
+        r.fallbacks = fallbacks;
+        r.buffer = Some(imported.buffer);
+        r.module = imported.module;
+        r.lease = imported.lease;
+        r.cpu_copied = imported.cpu_copied;
+        Ok(r)
     }
 
     pub(crate) fn buffer(&self) -> &Buffer {

@@ -21,10 +21,11 @@ use crate::gpu::kernels::Kernels;
 use crate::gpu::memory::{Buffer, DmaBufSource, Placement};
 use crate::gpu::Gpu;
 use crate::hostmap::{HostMapping, ReadLease};
+use crate::import::{external_ownership, reason_for};
 use crate::kmod::{dma_buf_sync, sync, Backing, DmaBuf, Module};
 use crate::path::{
     kernel_side, lease_for_host, open_module, open_system_heap, unmappable, Fallback, PathChoice,
-    PathKind, ReasonCode, Unavailable, SYSTEM_HEAP,
+    PathKind, Unavailable, SYSTEM_HEAP,
 };
 use crate::shader::{Accumulator, ShaderKind, ShaderResult};
 use crate::source::{Content, SourceFile};
@@ -512,16 +513,12 @@ impl Streamer {
                             && path != PathKind::Upload
                             && !matches!(e, Error::FileChanged { .. }) =>
                     {
-                        let code = match &e {
-                            Error::PathUnavailable(u) => u.code,
-                            Error::Io { .. } => ReasonCode::NotMappable,
-                            _ => ReasonCode::ImportFailed,
-                        };
+                        let u = reason_for(path, e);
                         st.fallbacks.push(Fallback {
                             from: path,
                             to: PathKind::Upload,
-                            code,
-                            reason: e.to_string(),
+                            code: u.code,
+                            reason: u.reason,
                             file: Some(f.path().display().to_string()),
                         });
                         path = PathKind::Upload;
@@ -715,6 +712,28 @@ impl Streamer {
         // its command buffer and descriptor set may be reset and rewritten.
         unsafe { crate::gpu::kernels::begin_one_time(d, cmd)? };
         let input = if let Some(b) = &slot.input {
+            if b.is_imported() {
+                // Imported memory belongs to the external queue family
+                // until acquired (released back after the shader, below).
+                let acquire = external_ownership(
+                    dev.queue_family,
+                    &[b.buffer],
+                    true,
+                    vk::AccessFlags::SHADER_READ,
+                );
+                // SAFETY: recording; the buffer is the slot's live import.
+                unsafe {
+                    d.cmd_pipeline_barrier(
+                        cmd,
+                        vk::PipelineStageFlags::TOP_OF_PIPE,
+                        vk::PipelineStageFlags::COMPUTE_SHADER,
+                        vk::DependencyFlags::empty(),
+                        &[],
+                        &acquire,
+                        &[],
+                    )
+                };
+            }
             b.buffer
         } else {
             let staging = slot
@@ -800,6 +819,27 @@ impl Streamer {
                 vk::PipelineStageFlags::COMPUTE_SHADER,
                 vk::PipelineStageFlags::HOST,
             );
+        }
+        if let Some(b) = slot.input.as_ref().filter(|b| b.is_imported()) {
+            // Back to the external family: the shader only read it.
+            let release = external_ownership(
+                dev.queue_family,
+                &[b.buffer],
+                false,
+                vk::AccessFlags::empty(),
+            );
+            // SAFETY: recording; the import lives until complete() waited.
+            unsafe {
+                d.cmd_pipeline_barrier(
+                    cmd,
+                    vk::PipelineStageFlags::COMPUTE_SHADER,
+                    vk::PipelineStageFlags::BOTTOM_OF_PIPE,
+                    vk::DependencyFlags::empty(),
+                    &[],
+                    &release,
+                    &[],
+                )
+            };
         }
         let value = self.next_value + 1;
         let signal = [value];
