@@ -3,6 +3,8 @@
 //! runs `auto`: what regions and the read queue share (docs/runtime.md).
 //! The external queue-family ownership barrier every consumer of imported
 //! memory records is here too.
+use std::sync::Arc;
+
 use ash::vk;
 
 use crate::error::{Error, Result};
@@ -23,7 +25,9 @@ use crate::stream::{fill_heap_buffer, read_parallel};
 pub(crate) struct Imported {
     pub buffer: Buffer,
     pub module: Option<Module>,
-    pub lease: Option<ReadLease>,
+    /// One lease per open file, shared by every import of it: dropping
+    /// one piece's must not release the others'.
+    pub lease: Option<Arc<ReadLease>>,
     /// Bytes the CPU copied to make it (heap, upload).
     pub cpu_copied: u64,
 }
@@ -31,7 +35,8 @@ pub(crate) struct Imported {
 /// Makes `n` bytes of `f` from `start` (page-aligned) visible through path
 /// `k` as a storage buffer of `n` rounded up to 4 bytes (zero tail), or
 /// says why `k` cannot. `write`: the device will write it (direct maps it
-/// writable; host refuses).
+/// writable; host refuses). `lease`: the host path's lease on `f`, taken
+/// here on first use and shared by later imports of the same file.
 pub(crate) fn import_range(
     gpu: &Gpu,
     f: &SourceFile,
@@ -39,6 +44,7 @@ pub(crate) fn import_range(
     n: u64,
     k: PathKind,
     write: bool,
+    lease: &mut Option<Arc<ReadLease>>,
 ) -> Result<Imported> {
     if let Some(u) = gpu.device_unavailable(k) {
         return Err(u.into());
@@ -73,12 +79,15 @@ pub(crate) fn import_range(
                 )
                 .into());
             }
-            let lease = lease_for_host(f)?;
+            let l = match lease {
+                Some(l) => l.clone(),
+                None => lease.insert(Arc::new(lease_for_host(f)?)).clone(),
+            };
             let align = dev.info().min_imported_host_pointer_alignment;
             let map = HostMapping::map(f.fd(), start, n, align)
                 .map_err(|e| Error::io(f.path(), "cannot mmap", e))?;
             let buffer = Buffer::import_host(dev, map)?;
-            Ok(done(buffer, None, Some(lease), 0))
+            Ok(done(buffer, None, Some(l), 0))
         }
         PathKind::Heap => {
             if let Some(u) = kernel_side(k) {

@@ -26,6 +26,7 @@ mod hostmap;
 mod import;
 pub mod kmod;
 pub mod path;
+pub mod queue;
 pub mod region;
 pub mod scanout;
 pub mod shader;
@@ -43,6 +44,10 @@ pub use gpu::{
     Features, Gpu, MemoryType, PathRequirement, QueueGuard, DEVICE_ENV,
 };
 pub use path::{Fallback, PathAvailability, PathChoice, PathKind, ReasonCode, Unavailable};
+pub use queue::{
+    BatchReport, Destination, ReadQueue, ReadQueueOptions, ReadRequest, RequestReport, Ticket,
+    TimelineSignal,
+};
 pub use region::{Access, Region, RegionOptions, RegionReport};
 pub use shader::{Accumulator, ShaderKind, ShaderResult};
 pub use source::SourceFile;

@@ -85,7 +85,7 @@ pub struct Region {
     kind: PathKind,
     fallbacks: Vec<Fallback>,
     module: Option<Module>,
-    lease: Option<ReadLease>,
+    lease: Option<std::sync::Arc<ReadLease>>,
     cpu_copied: u64,
     written: Cell<bool>,
 }
@@ -141,7 +141,7 @@ impl Region {
         let name = r.file.path().display().to_string();
         let file = &mut r.file;
         let (imported, kind, fallbacks) = choose(opts.path, &name, &[], |k| {
-            let i = import_range(gpu, file, start, n, k, write)?;
+            let i = import_range(gpu, file, start, n, k, write, &mut None)?;
             if write && k == PathKind::Direct {
                 // Pinning for write faulted the pages writable, which moves
                 // the file's times on tmpfs: our change, not another

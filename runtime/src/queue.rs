@@ -1,0 +1,853 @@
+//! The read queue: file ranges into the application's own buffers
+//! (cuFileRead's and DirectStorage's job), on any Vulkan device.
+//!
+//! A batch of requests `(file, offset, length) → (the app's VkBuffer,
+//! offset)` is checked whole before anything is read, then each request
+//! is made visible to the device through the fastest path that serves it
+//! (`direct` and `host` import the file's own pages, zero CPU copies;
+//! `heap` and `upload` read it once, `upload` into staging that is
+//! reused) and copied by the device into the destination. The batch is
+//! submitted to dmafile's queue; completion is signalled on the app's
+//! timeline semaphore at the value it chose, and [`ReadQueue::poll`] or
+//! [`ReadQueue::wait`] give each request's path, reasons, bytes and
+//! whether it is valid (a file changed under a request makes that request
+//! fail; the others complete). docs/integration.md has the contract.
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ash::vk;
+use serde::Serialize;
+
+use crate::error::{Error, Result, VkResultExt};
+use crate::gpu::memory::{Buffer, Placement};
+use crate::gpu::{DeviceShared, Gpu};
+use crate::hostmap::ReadLease;
+use crate::import::{choose, external_ownership, import_range, reason_for, Imported};
+use crate::kmod::Backing;
+use crate::path::{Fallback, PathChoice, PathKind};
+use crate::source::SourceFile;
+use crate::stream::read_parallel;
+use crate::PAGE_SIZE;
+
+/// How a [`ReadQueue`] works.
+#[derive(Clone, Debug)]
+pub struct ReadQueueOptions {
+    /// `auto` (direct, host, upload; see [`ReadQueue`] on heap), or one path.
+    pub path: PathChoice,
+    /// Bytes of staging for the copy paths, allocated once and reused:
+    /// split into pieces of at most `piece` bytes.
+    pub staging_bytes: u64,
+    /// The most bytes one import or one staging copy covers; longer
+    /// requests are split. Clamped to the device's allocation limit.
+    pub piece: u64,
+    /// Imports (each an open file, a dma-buf or a mapping) that may wait
+    /// for the device at once; past it the queue submits and waits for
+    /// the oldest, so thousands of small files never hold thousands of
+    /// fds.
+    pub max_imports_in_flight: usize,
+}
+
+impl Default for ReadQueueOptions {
+    fn default() -> Self {
+        ReadQueueOptions {
+            path: PathChoice::Auto,
+            staging_bytes: 64 << 20,
+            piece: 16 << 20,
+            max_imports_in_flight: 64,
+        }
+    }
+}
+
+/// The application's buffer a request lands in: created with
+/// `TRANSFER_DST` usage, bound to memory, `size` bytes long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Destination {
+    pub buffer: vk::Buffer,
+    pub size: u64,
+}
+
+/// Read `len` bytes of `file` at `offset` into `dst` at `dst_offset`.
+#[derive(Clone, Debug)]
+pub struct ReadRequest {
+    pub file: PathBuf,
+    pub offset: u64,
+    pub len: u64,
+    pub dst: Destination,
+    pub dst_offset: u64,
+}
+
+/// A timeline semaphore of the application's and the value to signal it
+/// with when a batch has landed.
+#[derive(Clone, Copy, Debug)]
+pub struct TimelineSignal {
+    pub semaphore: vk::Semaphore,
+    pub value: u64,
+}
+
+/// What happened to one request.
+#[derive(Clone, Debug, Serialize)]
+pub struct RequestReport {
+    pub file: PathBuf,
+    pub offset: u64,
+    pub len: u64,
+    /// The path that served it (the last one, if a path failed part way).
+    pub path: Option<PathKind>,
+    /// For direct: the file's page cache or its storage.
+    pub backing: Backing,
+    /// Each path skipped or abandoned for it, and why.
+    pub fallbacks: Vec<Fallback>,
+    pub cpu_copied_bytes: u64,
+    pub gpu_copied_bytes: u64,
+    /// Seconds the CPU spent making it visible and recording its copies.
+    pub seconds: f64,
+    /// Why it failed: its destination bytes are then not the file's.
+    pub error: Option<String>,
+}
+
+impl RequestReport {
+    pub fn ok(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// A finished batch: every request, in the order submitted.
+#[derive(Clone, Debug, Serialize)]
+pub struct BatchReport {
+    pub requests: Vec<RequestReport>,
+    /// From submit() to the moment poll() or wait() saw it complete.
+    pub seconds: f64,
+}
+
+impl BatchReport {
+    pub fn ok(&self) -> bool {
+        self.requests.iter().all(RequestReport::ok)
+    }
+
+    pub fn cpu_copied_bytes(&self) -> u64 {
+        self.requests.iter().map(|r| r.cpu_copied_bytes).sum()
+    }
+}
+
+/// A submitted batch, redeemed with [`ReadQueue::poll`] or [`ReadQueue::wait`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+/// A piece of a request that the device reads from until its submission
+/// completes, with what proves afterwards that it read the file.
+struct Held {
+    batch: u64,
+    request: usize,
+    imported: Imported,
+    /// Kept open to compare the file's identity once the device is done.
+    file: Arc<SourceFile>,
+}
+
+impl Held {
+    /// Whether the device read the file's bytes: no page of a direct
+    /// mapping truncated under it, no lease broken under a host mapping,
+    /// the file not written meanwhile.
+    fn check(&self) -> Result<()> {
+        let changed = |what: String| {
+            Err(Error::FileChanged {
+                path: self.file.path().to_path_buf(),
+                what,
+            })
+        };
+        if let (Some(m), Some(b)) = (&self.imported.module, self.imported.buffer.module_dmabuf()) {
+            use std::os::fd::AsFd;
+            let st = m
+                .status(b.as_fd())
+                .map_err(|e| Error::io(self.file.path(), "dmafile status", e.into()))?;
+            if st.stale() {
+                return changed(format!(
+                    "{} pages were truncated or punched out while the device read them",
+                    st.stale_pages
+                ));
+            }
+        }
+        if self.imported.lease.as_ref().is_some_and(|l| l.broken()) {
+            return changed(
+                "it was opened for writing or truncated while the device read it (its read lease was broken)"
+                    .into(),
+            );
+        }
+        self.file.check_unchanged()
+    }
+}
+
+struct InFlight {
+    value: u64,
+    cmd: vk::CommandBuffer,
+    held: Vec<Held>,
+}
+
+struct Staging {
+    buf: Buffer,
+    /// The own-timeline value after which it is free.
+    busy_until: u64,
+}
+
+struct BatchState {
+    last_value: u64,
+    reports: Vec<RequestReport>,
+    t0: Instant,
+}
+
+/// The commands being recorded for the next submission.
+struct Recording {
+    cmd: vk::CommandBuffer,
+    held: Vec<Held>,
+    staging: Vec<usize>,
+}
+
+/// Reads file ranges into the application's buffers on a [`Gpu`] (its own
+/// device lent with [`Gpu::from_raw`], or one dmafile opened).
+///
+/// Under `auto` the queue tries `direct`, `host` and then `upload`; it does
+/// not use `heap`, which would allocate a dma-buf per request for the same
+/// one CPU copy `upload` makes through reused staging (name it with
+/// [`PathChoice::Only`] to use it anyway).
+pub struct ReadQueue {
+    gpu: Gpu,
+    opts: ReadQueueOptions,
+    pool: vk::CommandPool,
+    timeline: vk::Semaphore,
+    /// The last own-timeline value submitted.
+    submitted: u64,
+    staging: Vec<Staging>,
+    in_flight: VecDeque<InFlight>,
+    batches: BTreeMap<u64, BatchState>,
+    next_batch: u64,
+    recording: Option<Recording>,
+}
+
+impl ReadQueue {
+    pub fn new(gpu: &Gpu, opts: ReadQueueOptions) -> Result<ReadQueue> {
+        let dev = &gpu.shared;
+        let max = dev.info().max_memory_allocation_size.max(PAGE_SIZE);
+        let mut opts = opts;
+        if opts.piece < PAGE_SIZE || opts.staging_bytes < opts.piece.min(max) {
+            return Err(Error::Config {
+                setting: "piece",
+                msg: format!(
+                    "pieces of {} bytes with {} bytes of staging: a piece must be at least 4096 bytes and fit in the staging",
+                    opts.piece, opts.staging_bytes
+                ),
+            });
+        }
+        if opts.max_imports_in_flight == 0 {
+            return Err(Error::Config {
+                setting: "max_imports_in_flight",
+                msg: "must be at least 1".into(),
+            });
+        }
+        opts.piece = opts.piece.min(max) & !(PAGE_SIZE - 1);
+        let mut q = ReadQueue {
+            gpu: gpu.clone(),
+            opts,
+            pool: vk::CommandPool::null(),
+            timeline: vk::Semaphore::null(),
+            submitted: 0,
+            staging: vec![],
+            in_flight: VecDeque::new(),
+            batches: BTreeMap::new(),
+            next_batch: 1,
+            recording: None,
+        };
+        let d = &dev.device;
+        let pci = vk::CommandPoolCreateInfo::default()
+            .queue_family_index(dev.queue_family)
+            .flags(vk::CommandPoolCreateFlags::TRANSIENT);
+        // SAFETY: valid create infos; on error Drop destroys what exists.
+        q.pool = unsafe { d.create_command_pool(&pci, None) }.vk("vkCreateCommandPool")?;
+        let mut tci =
+            vk::SemaphoreTypeCreateInfo::default().semaphore_type(vk::SemaphoreType::TIMELINE);
+        let sci = vk::SemaphoreCreateInfo::default().push_next(&mut tci);
+        // SAFETY: as above.
+        q.timeline =
+            unsafe { d.create_semaphore(&sci, None) }.vk("vkCreateSemaphore (timeline)")?;
+        Ok(q)
+    }
+
+    /// Submits `requests` as one batch and returns without waiting for the
+    /// device; `signal` (the app's timeline semaphore) is signalled once
+    /// every request has landed or failed. Nothing is read unless every
+    /// request is well-formed: a zero length, a destination range past its
+    /// buffer, or two requests writing overlapping bytes of one buffer is
+    /// an error naming the request, with nothing submitted or signalled.
+    /// A request whose file cannot be opened, is shorter than its range or
+    /// changes while it is read fails alone, in its report.
+    ///
+    /// It blocks only for what it must do on the CPU: reading the copy
+    /// paths' bytes into staging, and, when all staging or
+    /// `max_imports_in_flight` imports are busy, waiting for the device to
+    /// finish this queue's own earlier copies.
+    ///
+    /// # Safety
+    /// - Every `dst.buffer` must be a valid buffer of the `Gpu`'s device,
+    ///   at least `dst.size` bytes, created with `TRANSFER_DST` usage and
+    ///   bound to memory, usable on the `Gpu`'s queue family (the same
+    ///   family, or `CONCURRENT` sharing), and neither read nor written by
+    ///   the application until `signal` is reached (or [`ReadQueue::wait`]
+    ///   returns), nor destroyed before that.
+    /// - `signal.semaphore` must be a timeline semaphore of the device and
+    ///   `signal.value` greater than its current value and every value
+    ///   already pending on it. Wait on it with the pipeline stages of
+    ///   your first use: the signal makes the copies' writes available,
+    ///   your wait makes them visible.
+    pub unsafe fn submit(
+        &mut self,
+        requests: &[ReadRequest],
+        signal: Option<TimelineSignal>,
+    ) -> Result<Ticket> {
+        check_requests(requests)?;
+        self.reclaim()?;
+        let batch = self.next_batch;
+        self.next_batch += 1;
+        let mut reports: Vec<RequestReport> = requests
+            .iter()
+            .map(|r| RequestReport {
+                file: r.file.clone(),
+                offset: r.offset,
+                len: r.len,
+                path: None,
+                backing: Backing::None,
+                fallbacks: vec![],
+                cpu_copied_bytes: 0,
+                gpu_copied_bytes: 0,
+                seconds: 0.0,
+                error: None,
+            })
+            .collect();
+        for (i, r) in requests.iter().enumerate() {
+            let t = Instant::now();
+            if let Err(e) = self.record_request(batch, i, r, &mut reports[i]) {
+                match e {
+                    // The device itself failed: the batch cannot go on.
+                    Error::Vulkan { .. } | Error::NoVulkan(_) | Error::DeviceUnsuitable { .. } => {
+                        return Err(e)
+                    }
+                    e => reports[i].error = Some(e.to_string()),
+                }
+            }
+            reports[i].seconds = t.elapsed().as_secs_f64();
+        }
+        // Always submitted, even with nothing recorded: the app's
+        // semaphore must be signalled.
+        let last_value = self.flush(signal)?;
+        self.batches.insert(
+            batch,
+            BatchState {
+                last_value,
+                reports,
+                t0: Instant::now(),
+            },
+        );
+        Ok(Ticket(batch))
+    }
+
+    /// The batch's report if it has completed, without blocking.
+    pub fn poll(&mut self, t: Ticket) -> Result<Option<BatchReport>> {
+        self.reclaim()?;
+        let done = self.completed()?;
+        match self.batches.get(&t.0) {
+            None => Err(Error::Config {
+                setting: "ticket",
+                msg: format!("no batch {} pending in this queue (already redeemed?)", t.0),
+            }),
+            Some(b) if b.last_value <= done => {
+                let b = self.batches.remove(&t.0).expect("checked above");
+                Ok(Some(BatchReport {
+                    requests: b.reports,
+                    seconds: b.t0.elapsed().as_secs_f64(),
+                }))
+            }
+            Some(_) => Ok(None),
+        }
+    }
+
+    /// Blocks until the batch has completed and returns its report.
+    pub fn wait(&mut self, t: Ticket) -> Result<BatchReport> {
+        let value = self
+            .batches
+            .get(&t.0)
+            .map(|b| b.last_value)
+            .ok_or_else(|| Error::Config {
+                setting: "ticket",
+                msg: format!("no batch {} pending in this queue (already redeemed?)", t.0),
+            })?;
+        self.wait_value(value)?;
+        Ok(self.poll(t)?.expect("its value was reached"))
+    }
+
+    fn dev(&self) -> &Arc<DeviceShared> {
+        &self.gpu.shared
+    }
+
+    fn completed(&self) -> Result<u64> {
+        // SAFETY: our own timeline semaphore.
+        unsafe { self.dev().device.get_semaphore_counter_value(self.timeline) }
+            .vk("vkGetSemaphoreCounterValue")
+    }
+
+    fn wait_value(&self, value: u64) -> Result<()> {
+        let sems = [self.timeline];
+        let vals = [value];
+        let wi = vk::SemaphoreWaitInfo::default()
+            .semaphores(&sems)
+            .values(&vals);
+        // SAFETY: our own timeline; `value` was submitted.
+        unsafe { self.dev().device.wait_semaphores(&wi, u64::MAX) }.vk("vkWaitSemaphores")
+    }
+
+    /// Frees what completed submissions held, after checking that the
+    /// device read the files' bytes (a request whose file changed fails).
+    fn reclaim(&mut self) -> Result<()> {
+        let done = self.completed()?;
+        while self.in_flight.front().is_some_and(|f| f.value <= done) {
+            let f = self.in_flight.pop_front().expect("checked");
+            for h in f.held {
+                if let Err(e) = h.check() {
+                    if let Some(r) = self
+                        .batches
+                        .get_mut(&h.batch)
+                        .and_then(|b| b.reports.get_mut(h.request))
+                    {
+                        r.error.get_or_insert_with(|| e.to_string());
+                    }
+                }
+            }
+            // SAFETY: the submission that used it has completed.
+            unsafe {
+                self.gpu
+                    .shared
+                    .device
+                    .free_command_buffers(self.pool, &[f.cmd])
+            };
+        }
+        Ok(())
+    }
+
+    fn held_count(&self) -> usize {
+        self.in_flight.iter().map(|f| f.held.len()).sum::<usize>()
+            + self.recording.as_ref().map_or(0, |r| r.held.len())
+    }
+
+    /// The command buffer being recorded, begun if needed.
+    fn recording(&mut self) -> Result<vk::CommandBuffer> {
+        if let Some(r) = &self.recording {
+            return Ok(r.cmd);
+        }
+        let d = &self.gpu.shared.device;
+        let ai = vk::CommandBufferAllocateInfo::default()
+            .command_pool(self.pool)
+            .level(vk::CommandBufferLevel::PRIMARY)
+            .command_buffer_count(1);
+        // SAFETY: our pool; only this queue (behind &mut self) uses it.
+        let cmd = unsafe { d.allocate_command_buffers(&ai) }.vk("vkAllocateCommandBuffers")?[0];
+        let bi = vk::CommandBufferBeginInfo::default()
+            .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
+        // SAFETY: a fresh command buffer.
+        if let Err(e) = unsafe { d.begin_command_buffer(cmd, &bi) }.vk("vkBeginCommandBuffer") {
+            // SAFETY: never submitted.
+            unsafe { d.free_command_buffers(self.pool, &[cmd]) };
+            return Err(e);
+        }
+        self.recording = Some(Recording {
+            cmd,
+            held: vec![],
+            staging: vec![],
+        });
+        Ok(cmd)
+    }
+
+    /// Submits what is recorded (an empty command buffer if nothing is),
+    /// after every earlier submission of this queue, signalling the own
+    /// timeline and `signal`. Returns the own value it signals.
+    fn flush(&mut self, signal: Option<TimelineSignal>) -> Result<u64> {
+        let cmd = self.recording()?;
+        let rec = self.recording.take().expect("begun above");
+        let dev = self.gpu.shared.clone();
+        let d = &dev.device;
+        let value = self.submitted + 1;
+        let mut sems = vec![self.timeline];
+        let mut vals = vec![value];
+        if let Some(s) = signal {
+            sems.push(s.semaphore);
+            vals.push(s.value);
+        }
+        // Ordered after this queue's earlier submissions, so the app's
+        // signal covers every copy of the batch.
+        let wait_sems = [self.timeline];
+        let wait_vals = [self.submitted];
+        let wait_stages = [vk::PipelineStageFlags::ALL_COMMANDS];
+        let mut tsi = vk::TimelineSemaphoreSubmitInfo::default()
+            .signal_semaphore_values(&vals)
+            .wait_semaphore_values(&wait_vals);
+        let cmds = [cmd];
+        let si = [vk::SubmitInfo::default()
+            .command_buffers(&cmds)
+            .signal_semaphores(&sems)
+            .wait_semaphores(&wait_sems)
+            .wait_dst_stage_mask(&wait_stages)
+            .push_next(&mut tsi)];
+        // SAFETY: the command buffer was recorded by this queue; what it
+        // reads is held in `rec.held` (imports) and the staging until the
+        // own timeline reaches `value`; the app vouched for its buffers
+        // and semaphore (submit's contract).
+        let r = unsafe {
+            d.end_command_buffer(cmd)
+                .vk("vkEndCommandBuffer")
+                .and_then(|()| dev.submit(&si, vk::Fence::null()))
+        };
+        if let Err(e) = r {
+            // SAFETY: never submitted.
+            unsafe { d.free_command_buffers(self.pool, &[cmd]) };
+            return Err(e);
+        }
+        self.submitted = value;
+        for &i in &rec.staging {
+            self.staging[i].busy_until = value;
+        }
+        self.in_flight.push_back(InFlight {
+            value,
+            cmd,
+            held: rec.held,
+        });
+        Ok(value)
+    }
+
+    /// A staging buffer free for a new copy: one whose last copy
+    /// completed, a new one while the staging budget allows, or the
+    /// oldest busy one once the device is done with it.
+    fn free_staging(&mut self) -> Result<usize> {
+        let done = self.completed()?;
+        let in_use: Vec<usize> = self
+            .recording
+            .as_ref()
+            .map_or(vec![], |r| r.staging.clone());
+        if let Some(i) = (0..self.staging.len())
+            .find(|&i| self.staging[i].busy_until <= done && !in_use.contains(&i))
+        {
+            return Ok(i);
+        }
+        let piece = self.opts.piece;
+        if (self.staging.len() as u64 + 1) * piece <= self.opts.staging_bytes {
+            let buf = Buffer::allocate(self.dev(), piece, Placement::Upload)?;
+            if buf.host_bytes().is_none() {
+                return Err(Error::DeviceUnsuitable {
+                    device: self.dev().info().name.clone(),
+                    what: "upload memory is not host-visible".into(),
+                });
+            }
+            self.staging.push(Staging { buf, busy_until: 0 });
+            return Ok(self.staging.len() - 1);
+        }
+        // Everything is busy: submit what is recorded and wait for the
+        // oldest copy out of staging.
+        if self.recording.is_some() {
+            self.flush(None)?;
+        }
+        let (i, until) = self
+            .staging
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.busy_until))
+            .min_by_key(|&(_, v)| v)
+            .expect("staging has at least one buffer");
+        self.wait_value(until)?;
+        self.reclaim()?;
+        Ok(i)
+    }
+
+    /// Waits for the oldest submission when `max_imports_in_flight`
+    /// imports are held.
+    fn make_room_for_import(&mut self) -> Result<()> {
+        while self.held_count() >= self.opts.max_imports_in_flight {
+            if self.in_flight.is_empty() {
+                self.flush(None)?;
+            }
+            let v = self.in_flight.front().expect("flushed above").value;
+            self.wait_value(v)?;
+            self.reclaim()?;
+        }
+        Ok(())
+    }
+
+    fn record_request(
+        &mut self,
+        batch: u64,
+        index: usize,
+        r: &ReadRequest,
+        report: &mut RequestReport,
+    ) -> Result<()> {
+        let file = Arc::new(SourceFile::open(&r.file)?);
+        if !matches!(r.offset.checked_add(r.len), Some(e) if e <= file.len()) {
+            return Err(Error::BadInput {
+                path: r.file.clone(),
+                reason: format!(
+                    "the range of {} bytes at offset {} passes the end of the file ({} bytes)",
+                    r.len,
+                    r.offset,
+                    file.len()
+                ),
+            });
+        }
+        let name = r.file.display().to_string();
+        let mut path: Option<PathKind> = None;
+        // The host path's lease on this file, shared by its pieces.
+        let mut lease = None;
+        let mut done = 0u64;
+        while done < r.len {
+            let off = r.offset + done;
+            let dst_off = r.dst_offset + done;
+            let n = self.opts.piece.min(r.len - done);
+            let piece = match path {
+                None => {
+                    // The first piece chooses the path (auto's loop).
+                    let (p, k, fallbacks) =
+                        choose(self.opts.path, &name, &[PathKind::Heap], |k| {
+                            self.visible(&file, off, n, k, &mut lease)
+                        })?;
+                    path = Some(k);
+                    report.fallbacks = fallbacks;
+                    p
+                }
+                Some(k) => match self.visible(&file, off, n, k, &mut lease) {
+                    Ok(p) => p,
+                    Err(e)
+                        if self.opts.path == PathChoice::Auto
+                            && k != PathKind::Upload
+                            && !matches!(e, Error::FileChanged { .. }) =>
+                    {
+                        // A later piece the chosen path cannot serve: the
+                        // rest of the request goes through upload.
+                        let u = reason_for(k, e);
+                        report.fallbacks.push(Fallback {
+                            from: k,
+                            to: PathKind::Upload,
+                            code: u.code,
+                            reason: u.reason,
+                            file: Some(name.clone()),
+                        });
+                        path = Some(PathKind::Upload);
+                        self.visible(&file, off, n, PathKind::Upload, &mut lease)?
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
+            report.path = path;
+            self.record_copy(batch, index, &file, piece, n, r.dst, dst_off, report)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Makes `n` bytes of `f` at `off` visible through `k`: an import of
+    /// the page-aligned range around them, or a staging buffer they were
+    /// read into.
+    fn visible(
+        &mut self,
+        f: &SourceFile,
+        off: u64,
+        n: u64,
+        k: PathKind,
+        lease: &mut Option<Arc<ReadLease>>,
+    ) -> Result<Piece> {
+        match k {
+            PathKind::Upload => {
+                let i = self.free_staging()?;
+                let bytes = self.staging[i]
+                    .buf
+                    .host_bytes_mut()
+                    .expect("checked host-visible when allocated");
+                read_parallel(f, off, &mut bytes[..n as usize])?;
+                // A write racing the read would tear it.
+                f.check_unchanged()?;
+                if let Some(r) = self.recording.as_mut() {
+                    r.staging.push(i);
+                } else {
+                    self.recording()?;
+                    self.recording.as_mut().expect("begun").staging.push(i);
+                }
+                Ok(Piece::Staging(i))
+            }
+            k => {
+                if let Some(u) = self.gpu.unavailable(k) {
+                    return Err(u.into());
+                }
+                self.make_room_for_import()?;
+                let skew = off % PAGE_SIZE;
+                let imported = import_range(&self.gpu, f, off - skew, skew + n, k, false, lease)?;
+                Ok(Piece::Import { imported, skew })
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_copy(
+        &mut self,
+        batch: u64,
+        index: usize,
+        file: &Arc<SourceFile>,
+        piece: Piece,
+        n: u64,
+        dst: Destination,
+        dst_off: u64,
+        report: &mut RequestReport,
+    ) -> Result<()> {
+        let cmd = self.recording()?;
+        let dev = self.gpu.shared.clone();
+        let d = &dev.device;
+        let region = |src_offset| {
+            [vk::BufferCopy::default()
+                .src_offset(src_offset)
+                .dst_offset(dst_off)
+                .size(n)]
+        };
+        match piece {
+            Piece::Staging(i) => {
+                // Host writes before the submission are visible to it
+                // (vkQueueSubmit's implicit host-write dependency).
+                // SAFETY: recording; both buffers hold the range (checked).
+                unsafe {
+                    d.cmd_copy_buffer(cmd, self.staging[i].buf.buffer, dst.buffer, &region(0))
+                };
+                report.cpu_copied_bytes += n;
+            }
+            Piece::Import { imported, skew } => {
+                let src = imported.buffer.buffer;
+                let acquire = external_ownership(
+                    dev.queue_family,
+                    &[src],
+                    true,
+                    vk::AccessFlags::TRANSFER_READ,
+                );
+                let release =
+                    external_ownership(dev.queue_family, &[src], false, vk::AccessFlags::empty());
+                // SAFETY: recording; the import is held until the
+                // submission completes; the ranges were checked.
+                unsafe {
+                    d.cmd_pipeline_barrier(
+                        cmd,
+                        vk::PipelineStageFlags::TOP_OF_PIPE,
+                        vk::PipelineStageFlags::TRANSFER,
+                        vk::DependencyFlags::empty(),
+                        &[],
+                        &acquire,
+                        &[],
+                    );
+                    d.cmd_copy_buffer(cmd, src, dst.buffer, &region(skew));
+                    d.cmd_pipeline_barrier(
+                        cmd,
+                        vk::PipelineStageFlags::TRANSFER,
+                        vk::PipelineStageFlags::BOTTOM_OF_PIPE,
+                        vk::DependencyFlags::empty(),
+                        &[],
+                        &release,
+                        &[],
+                    );
+                }
+                if let Some(b) = imported.buffer.module_dmabuf() {
+                    report.backing = b.backing();
+                }
+                report.cpu_copied_bytes += imported.cpu_copied;
+                self.recording.as_mut().expect("recording").held.push(Held {
+                    batch,
+                    request: index,
+                    imported,
+                    file: file.clone(),
+                });
+            }
+        }
+        report.gpu_copied_bytes += n;
+        Ok(())
+    }
+}
+
+/// What one piece is copied from.
+enum Piece {
+    Staging(usize),
+    Import { imported: Imported, skew: u64 },
+}
+
+/// Every request well-formed, before anything is read: a length, a
+/// destination range inside its buffer, no two requests writing the same
+/// bytes of one buffer.
+fn check_requests(requests: &[ReadRequest]) -> Result<()> {
+    let bad = |i: usize, r: &ReadRequest, why: String| {
+        Err(Error::BadInput {
+            path: r.file.clone(),
+            reason: format!("request {i}: {why} (nothing was submitted)"),
+        })
+    };
+    let mut ranges: Vec<(vk::Buffer, u64, u64, usize)> = vec![];
+    for (i, r) in requests.iter().enumerate() {
+        if r.len == 0 {
+            return bad(i, r, "zero-length request".into());
+        }
+        match r.dst_offset.checked_add(r.len) {
+            Some(end) if end <= r.dst.size => ranges.push((r.dst.buffer, r.dst_offset, end, i)),
+            _ => {
+                return bad(
+                    i,
+                    r,
+                    format!(
+                        "destination too small: {} bytes at offset {} of a {}-byte buffer",
+                        r.len, r.dst_offset, r.dst.size
+                    ),
+                )
+            }
+        }
+        if r.offset.checked_add(r.len).is_none() {
+            return bad(
+                i,
+                r,
+                format!("offset {} + length {} overflows", r.offset, r.len),
+            );
+        }
+    }
+    ranges.sort();
+    for w in ranges.windows(2) {
+        let ((b0, _, e0, i0), (b1, s1, _, i1)) = (w[0], w[1]);
+        if b0 == b1 && s1 < e0 {
+            let r = &requests[i1];
+            return bad(
+                i1,
+                r,
+                format!("its destination bytes overlap request {i0}'s in the same buffer"),
+            );
+        }
+    }
+    Ok(())
+}
+
+impl Drop for ReadQueue {
+    fn drop(&mut self) {
+        // Never free what the device may still read: wait for this queue's
+        // own submissions (not the whole device, which may be the app's).
+        if let Some(r) = self.recording.take() {
+            // SAFETY: recorded, never submitted.
+            unsafe {
+                self.gpu
+                    .shared
+                    .device
+                    .free_command_buffers(self.pool, &[r.cmd])
+            };
+        }
+        if self.submitted > 0 {
+            let _ = self.wait_value(self.submitted);
+        }
+        let _ = self.reclaim();
+        self.in_flight.clear();
+        self.staging.clear();
+        let d = &self.gpu.shared.device;
+        // SAFETY: nothing of ours is pending any more.
+        unsafe {
+            d.destroy_semaphore(self.timeline, None);
+            d.destroy_command_pool(self.pool, None);
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! A test application's side of a borrowed device: its own loader,
+//! instance, device, queue and buffers (shared by the tests that lend it).
+#![allow(dead_code)]
+use std::ffi::CStr;
+
+use ash::vk;
+use dmafile::{BorrowedDevice, Gpu, PathKind};
+
+/// The application's side: its own loader, instance, device and queue.
+pub struct App {
+    pub entry: ash::Entry,
+    pub instance: ash::Instance,
+    pub pd: vk::PhysicalDevice,
+    pub device: ash::Device,
+    pub family: u32,
+    pub exts: Vec<&'static CStr>,
+}
+
+impl App {
+    pub fn new(with_imports: bool) -> App {
+        // SAFETY: loading the system's Vulkan loader.
+        let entry = unsafe { ash::Entry::load() }.expect("libvulkan (lavapipe in CI)");
+        let app = vk::ApplicationInfo::default().api_version(vk::API_VERSION_1_2);
+        // SAFETY: the create info outlives the call.
+        let instance = unsafe {
+            entry.create_instance(
+                &vk::InstanceCreateInfo::default().application_info(&app),
+                None,
+            )
+        }
+        .unwrap();
+        // SAFETY: instance is valid.
+        let pd = unsafe { instance.enumerate_physical_devices() }.unwrap()[0];
+        // SAFETY: pd is the instance's; the instance is 1.2.
+        let req = unsafe { dmafile::device_requirements(&instance, pd) }.unwrap();
+        assert!(req.timeline_semaphore && req.api_version == vk::API_VERSION_1_2);
+        let host = req.paths.iter().find(|p| p.path == PathKind::Host).unwrap();
+        assert!(
+            host.supported
+                && req
+                    .extensions
+                    .contains(&ash::ext::external_memory_host::NAME),
+            "lavapipe has VK_EXT_external_memory_host: {req:?}"
+        );
+        let exts = if with_imports {
+            req.extensions.clone()
+        } else {
+            vec![]
+        };
+        // SAFETY: pd is valid.
+        let family = unsafe { instance.get_physical_device_queue_family_properties(pd) }
+            .iter()
+            .position(|f| f.queue_flags.contains(vk::QueueFlags::COMPUTE))
+            .unwrap() as u32;
+        let prio = [1.0f32];
+        let qci = [vk::DeviceQueueCreateInfo::default()
+            .queue_family_index(family)
+            .queue_priorities(&prio)];
+        let names: Vec<_> = exts.iter().map(|e| e.as_ptr()).collect();
+        let mut f12 = vk::PhysicalDeviceVulkan12Features::default().timeline_semaphore(true);
+        let ci = vk::DeviceCreateInfo::default()
+            .queue_create_infos(&qci)
+            .enabled_extension_names(&names)
+            .push_next(&mut f12);
+        // SAFETY: the create info and its chain outlive the call.
+        let device = unsafe { instance.create_device(pd, &ci, None) }.unwrap();
+        App {
+            entry,
+            instance,
+            pd,
+            device,
+            family,
+            exts,
+        }
+    }
+
+    pub fn lend(&self) -> Gpu {
+        // SAFETY: the handles are this app's, made from one another, with
+        // these extensions and timelines; the app destroys its device only
+        // after every dmafile value is dropped (end of each test).
+        unsafe {
+            Gpu::from_raw(BorrowedDevice {
+                get_instance_proc_addr: self.entry.static_fn().get_instance_proc_addr,
+                instance: self.instance.handle(),
+                instance_api_version: vk::API_VERSION_1_2,
+                physical_device: self.pd,
+                device: self.device.handle(),
+                queue_family: self.family,
+                queue_index: 0,
+                enabled_extensions: &self.exts,
+                timeline_semaphore: true,
+            })
+        }
+        .expect("Gpu::from_raw")
+    }
+
+    /// Uses the device after dmafile is done with it: fills a host-visible
+    /// buffer on the GPU and reads it back. A device dmafile had destroyed
+    /// would not do this.
+    pub fn still_works(&self) {
+        let d = &self.device;
+        // SAFETY: plain use of the app's own valid device; every object is
+        // destroyed before returning, after the fence says the GPU is done.
+        unsafe {
+            let buf = d
+                .create_buffer(
+                    &vk::BufferCreateInfo::default()
+                        .size(4096)
+                        .usage(vk::BufferUsageFlags::TRANSFER_DST),
+                    None,
+                )
+                .unwrap();
+            let req = d.get_buffer_memory_requirements(buf);
+            let props = self.instance.get_physical_device_memory_properties(self.pd);
+            let ty = (0..props.memory_type_count)
+                .find(|&i| {
+                    req.memory_type_bits & (1 << i) != 0
+                        && props.memory_types[i as usize].property_flags.contains(
+                            vk::MemoryPropertyFlags::HOST_VISIBLE
+                                | vk::MemoryPropertyFlags::HOST_COHERENT,
+                        )
+                })
+                .unwrap();
+            let mem = d
+                .allocate_memory(
+                    &vk::MemoryAllocateInfo::default()
+                        .allocation_size(req.size)
+                        .memory_type_index(ty),
+                    None,
+                )
+                .unwrap();
+            d.bind_buffer_memory(buf, mem, 0).unwrap();
+            let pool = d
+                .create_command_pool(
+                    &vk::CommandPoolCreateInfo::default().queue_family_index(self.family),
+                    None,
+                )
+                .unwrap();
+            let cb = d
+                .allocate_command_buffers(
+                    &vk::CommandBufferAllocateInfo::default()
+                        .command_pool(pool)
+                        .command_buffer_count(1),
+                )
+                .unwrap()[0];
+            d.begin_command_buffer(cb, &vk::CommandBufferBeginInfo::default())
+                .unwrap();
+            d.cmd_fill_buffer(cb, buf, 0, 4096, 0x5eed_f00d);
+            let barrier = vk::MemoryBarrier::default()
+                .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
+                .dst_access_mask(vk::AccessFlags::HOST_READ);
+            d.cmd_pipeline_barrier(
+                cb,
+                vk::PipelineStageFlags::TRANSFER,
+                vk::PipelineStageFlags::HOST,
+                vk::DependencyFlags::empty(),
+                &[barrier],
+                &[],
+                &[],
+            );
+            d.end_command_buffer(cb).unwrap();
+            let fence = d
+                .create_fence(&vk::FenceCreateInfo::default(), None)
+                .unwrap();
+            let q = d.get_device_queue(self.family, 0);
+            let cbs = [cb];
+            d.queue_submit(q, &[vk::SubmitInfo::default().command_buffers(&cbs)], fence)
+                .unwrap();
+            d.wait_for_fences(&[fence], true, u64::MAX).unwrap();
+            let p = d
+                .map_memory(mem, 0, 4096, vk::MemoryMapFlags::empty())
+                .unwrap() as *const u32;
+            let words = std::slice::from_raw_parts(p, 1024);
+            assert!(words.iter().all(|&w| w == 0x5eed_f00d));
+            d.unmap_memory(mem);
+            d.destroy_fence(fence, None);
+            d.destroy_command_pool(pool, None);
+            d.destroy_buffer(buf, None);
+            d.free_memory(mem, None);
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        // SAFETY: the app's own objects, destroyed by the app, after every
+        // dmafile value made from them (the tests drop those first).
+        unsafe {
+            self.device.device_wait_idle().unwrap();
+            self.device.destroy_device(None);
+            self.instance.destroy_instance(None);
+        }
+    }
+}
+
+/// A buffer of the app's, with its memory.
+pub struct AppBuffer {
+    pub buffer: vk::Buffer,
+    pub memory: vk::DeviceMemory,
+    pub size: u64,
+    host_visible: bool,
+}
+
+impl App {
+    fn memory_type(&self, bits: u32, want: vk::MemoryPropertyFlags) -> u32 {
+        // SAFETY: pd is valid.
+        let props = unsafe { self.instance.get_physical_device_memory_properties(self.pd) };
+        (0..props.memory_type_count)
+            .find(|&i| {
+                bits & (1 << i) != 0 && props.memory_types[i as usize].property_flags.contains(want)
+            })
+            .expect("a memory type")
+    }
+
+    /// A buffer the app owns: device-local (the read queue's destination)
+    /// or host-visible (to read results back).
+    pub fn buffer(&self, size: u64, host_visible: bool) -> AppBuffer {
+        let d = &self.device;
+        let usage = vk::BufferUsageFlags::TRANSFER_DST
+            | vk::BufferUsageFlags::TRANSFER_SRC
+            | vk::BufferUsageFlags::STORAGE_BUFFER;
+        // SAFETY: plain creation on the app's device.
+        unsafe {
+            let buffer = d
+                .create_buffer(
+                    &vk::BufferCreateInfo::default().size(size).usage(usage),
+                    None,
+                )
+                .unwrap();
+            let req = d.get_buffer_memory_requirements(buffer);
+            let want = if host_visible {
+                vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT
+            } else {
+                vk::MemoryPropertyFlags::DEVICE_LOCAL
+            };
+            let memory = d
+                .allocate_memory(
+                    &vk::MemoryAllocateInfo::default()
+                        .allocation_size(req.size)
+                        .memory_type_index(self.memory_type(req.memory_type_bits, want)),
+                    None,
+                )
+                .unwrap();
+            d.bind_buffer_memory(buffer, memory, 0).unwrap();
+            AppBuffer {
+                buffer,
+                memory,
+                size,
+                host_visible,
+            }
+        }
+    }
+
+    pub fn destroy(&self, b: AppBuffer) {
+        // SAFETY: the app's buffer, idle.
+        unsafe {
+            self.device.destroy_buffer(b.buffer, None);
+            self.device.free_memory(b.memory, None);
+        }
+    }
+
+    /// A timeline semaphore of the app's, at 0.
+    pub fn timeline(&self) -> vk::Semaphore {
+        let mut t =
+            vk::SemaphoreTypeCreateInfo::default().semaphore_type(vk::SemaphoreType::TIMELINE);
+        // SAFETY: plain creation.
+        unsafe {
+            self.device
+                .create_semaphore(&vk::SemaphoreCreateInfo::default().push_next(&mut t), None)
+        }
+        .unwrap()
+    }
+
+    pub fn value(&self, s: vk::Semaphore) -> u64 {
+        // SAFETY: the app's semaphore.
+        unsafe { self.device.get_semaphore_counter_value(s) }.unwrap()
+    }
+
+    /// Waits (up to `secs`) for `s` to reach `v`; false on timeout.
+    pub fn wait(&self, s: vk::Semaphore, v: u64, secs: u64) -> bool {
+        let sems = [s];
+        let vals = [v];
+        // SAFETY: the app's semaphore.
+        match unsafe {
+            self.device.wait_semaphores(
+                &vk::SemaphoreWaitInfo::default()
+                    .semaphores(&sems)
+                    .values(&vals),
+                secs * 1_000_000_000,
+            )
+        } {
+            Ok(()) => true,
+            Err(vk::Result::TIMEOUT) => false,
+            Err(e) => panic!("vkWaitSemaphores: {e}"),
+        }
+    }
+
+    /// The bytes of `b` (device-local), copied by the app's own command
+    /// into a host-visible buffer and read there.
+    pub fn read_back(&self, b: &AppBuffer) -> Vec<u8> {
+        let host = self.buffer(b.size, true);
+        let d = &self.device;
+        // SAFETY: the app's objects; waited for before reading.
+        let out = unsafe {
+            let pool = d
+                .create_command_pool(
+                    &vk::CommandPoolCreateInfo::default().queue_family_index(self.family),
+                    None,
+                )
+                .unwrap();
+            let cb = d
+                .allocate_command_buffers(
+                    &vk::CommandBufferAllocateInfo::default()
+                        .command_pool(pool)
+                        .command_buffer_count(1),
+                )
+                .unwrap()[0];
+            d.begin_command_buffer(cb, &vk::CommandBufferBeginInfo::default())
+                .unwrap();
+            d.cmd_copy_buffer(
+                cb,
+                b.buffer,
+                host.buffer,
+                &[vk::BufferCopy::default().size(b.size)],
+            );
+            let barrier = vk::MemoryBarrier::default()
+                .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
+                .dst_access_mask(vk::AccessFlags::HOST_READ);
+            d.cmd_pipeline_barrier(
+                cb,
+                vk::PipelineStageFlags::TRANSFER,
+                vk::PipelineStageFlags::HOST,
+                vk::DependencyFlags::empty(),
+                &[barrier],
+                &[],
+                &[],
+            );
+            d.end_command_buffer(cb).unwrap();
+            let fence = d
+                .create_fence(&vk::FenceCreateInfo::default(), None)
+                .unwrap();
+            let q = d.get_device_queue(self.family, 0);
+            let cbs = [cb];
+            d.queue_submit(q, &[vk::SubmitInfo::default().command_buffers(&cbs)], fence)
+                .unwrap();
+            d.wait_for_fences(&[fence], true, u64::MAX).unwrap();
+            let p = d
+                .map_memory(host.memory, 0, b.size, vk::MemoryMapFlags::empty())
+                .unwrap() as *const u8;
+            let v = std::slice::from_raw_parts(p, b.size as usize).to_vec();
+            d.unmap_memory(host.memory);
+            d.destroy_fence(fence, None);
+            d.destroy_command_pool(pool, None);
+            v
+        };
+        self.destroy(host);
+        out
+    }
+}

@@ -1,0 +1,423 @@
+//! The read queue on an application's own device: file ranges land in the
+//! app's device-local buffers at the offsets asked, byte for byte (read
+//! back by the app's own copy and compared with the files), through every
+//! path the machine has; the app's timeline semaphore is signalled at its
+//! value; each request reports its path, reasons and bytes; bad batches
+//! are refused whole with nothing submitted; a request whose file is too
+//! short or changes fails alone; dropping the queue with work in flight
+//! neither hangs nor leaks.
+use std::path::PathBuf;
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+use common::{data, TempDir};
+mod app;
+use app::{App, AppBuffer};
+
+use dmafile::{
+    Destination, Gpu, PathChoice, PathKind, ReadQueue, ReadQueueOptions, ReadRequest,
+    TimelineSignal,
+};
+
+fn dst(b: &AppBuffer) -> Destination {
+    Destination {
+        buffer: b.buffer,
+        size: b.size,
+    }
+}
+
+fn req(
+    file: &std::path::Path,
+    offset: u64,
+    len: u64,
+    d: Destination,
+    dst_offset: u64,
+) -> ReadRequest {
+    ReadRequest {
+        file: file.to_path_buf(),
+        offset,
+        len,
+        dst: d,
+        dst_offset,
+    }
+}
+
+/// Small pieces and staging, so that requests split and staging is
+/// reused and waited for.
+fn small(path: PathChoice) -> ReadQueueOptions {
+    ReadQueueOptions {
+        path,
+        staging_bytes: 128 << 10,
+        piece: 64 << 10,
+        max_imports_in_flight: 4,
+    }
+}
+
+/// The tests count the process's file descriptors: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Files of odd sizes at unaligned offsets into one buffer, checked byte
+/// for byte, through `path`.
+fn lands(app: &App, g: &Gpu, path: PathChoice) -> dmafile::BatchReport {
+    let dir = TempDir::new("rq");
+    let sizes = [1usize, 3, 4095, 4097, 65_536, 300_001, 5 * 65_536 + 3];
+    let files: Vec<(PathBuf, Vec<u8>)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let bytes = data(n + 777, i as u64 + 1);
+            let p = dir.path(&format!("f{i}.bin"));
+            std::fs::write(&p, &bytes).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    let total: u64 = sizes.iter().map(|&n| n as u64 + 13).sum();
+    let out = app.buffer(total, false);
+    let mut q = ReadQueue::new(g, small(path)).unwrap();
+    let sem = app.timeline();
+    // Each file from offset 5 (unaligned), packed at odd offsets.
+    let mut reqs = vec![];
+    let mut at = 7u64;
+    for (p, _) in &files {
+        let n = std::fs::metadata(p).unwrap().len() - 777;
+        reqs.push(req(p, 5, n, dst(&out), at));
+        at += n + 3;
+    }
+    // SAFETY: `out` is the app's TRANSFER_DST buffer, untouched until the
+    // semaphore reaches 1, destroyed after.
+    let t = unsafe {
+        q.submit(
+            &reqs,
+            Some(TimelineSignal {
+                semaphore: sem,
+                value: 1,
+            }),
+        )
+    }
+    .unwrap();
+    // The app waits on its own semaphore, not on dmafile.
+    assert!(
+        app.wait(sem, 1, 60),
+        "{path}: the app's semaphore never reached 1"
+    );
+    let report = q.wait(t).unwrap();
+    let got = app.read_back(&out);
+    for (r, (_, bytes)) in reqs.iter().zip(&files) {
+        let want = &bytes[5..5 + r.len as usize];
+        let have = &got[r.dst_offset as usize..(r.dst_offset + r.len) as usize];
+        assert!(want == have, "{path}: {} landed wrong", r.file.display());
+    }
+    assert!(report.ok(), "{path}: {:?}", report.requests);
+    for r in &report.requests {
+        assert!(r.path.is_some() && r.gpu_copied_bytes == r.len, "{r:?}");
+    }
+    drop(q);
+    app.destroy(out);
+    // SAFETY: the app's semaphore, idle.
+    unsafe { app.device.destroy_semaphore(sem, None) };
+    report
+}
+
+#[test]
+fn requests_land_in_the_apps_buffer_on_every_path() {
+    let _serial = serial();
+    let app = App::new(true);
+    {
+        let g = app.lend();
+        let fds = open_fds();
+        let r = lands(&app, &g, PathChoice::Only(PathKind::Host));
+        assert!(r.requests.iter().all(|q| q.path == Some(PathKind::Host)));
+        assert_eq!(r.cpu_copied_bytes(), 0, "host copies nothing on the CPU");
+        let r = lands(&app, &g, PathChoice::Only(PathKind::Upload));
+        let len: u64 = r.requests.iter().map(|q| q.len).sum();
+        assert_eq!(r.cpu_copied_bytes(), len, "upload copies each byte once");
+        let r = lands(&app, &g, PathChoice::Auto);
+        for q in &r.requests {
+            // No module on this host: auto skips direct with the reason.
+            assert_eq!(q.path, Some(PathKind::Host), "{q:?}");
+            assert!(
+                q.fallbacks.iter().any(|f| f.from == PathKind::Direct),
+                "{:?}",
+                q.fallbacks
+            );
+        }
+        assert_eq!(open_fds(), fds, "the queue leaked file descriptors");
+    }
+    app.still_works();
+}
+
+#[test]
+fn a_device_without_imports_reads_through_upload_with_the_reason() {
+    let _serial = serial();
+    let app = App::new(false);
+    {
+        let g = app.lend();
+        let r = lands(&app, &g, PathChoice::Auto);
+        for q in &r.requests {
+            assert_eq!(q.path, Some(PathKind::Upload));
+            assert!(q.fallbacks.iter().any(
+                |f| f.from == PathKind::Host && f.code == dmafile::ReasonCode::MissingExtension
+            ));
+        }
+    }
+    app.still_works();
+}
+
+#[test]
+fn bad_batches_are_refused_whole_and_nothing_is_signalled() {
+    let _serial = serial();
+    let app = App::new(true);
+    let dir = TempDir::new("rq-bad");
+    let p = dir.path("f.bin");
+    std::fs::write(&p, data(10_000, 3)).unwrap();
+    {
+        let g = app.lend();
+        let out = app.buffer(8192, false);
+        let sem = app.timeline();
+        let mut q = ReadQueue::new(&g, ReadQueueOptions::default()).unwrap();
+        let d = dst(&out);
+        let cases: Vec<(Vec<ReadRequest>, &str)> = vec![
+            (vec![req(&p, 0, 0, d, 0)], "zero-length request"),
+            (vec![req(&p, 0, 8193, d, 0)], "destination too small"),
+            (vec![req(&p, 0, 100, d, 8100)], "destination too small"),
+            (vec![req(&p, 0, 1, d, u64::MAX)], "destination too small"),
+            (
+                vec![req(&p, 0, 100, d, 0), req(&p, 0, 100, d, 99)],
+                "overlap request 0",
+            ),
+            (vec![req(&p, u64::MAX, 2, d, 0)], "overflows"),
+        ];
+        for (reqs, want) in cases {
+            // SAFETY: as in lands().
+            let e = unsafe {
+                q.submit(
+                    &reqs,
+                    Some(TimelineSignal {
+                        semaphore: sem,
+                        value: 1,
+                    }),
+                )
+            }
+            .expect_err(want);
+            let msg = e.to_string();
+            assert!(
+                msg.contains(want) && msg.contains("nothing was submitted"),
+                "{msg}"
+            );
+        }
+        assert_eq!(app.value(sem), 0, "a refused batch signalled the app");
+        drop(q);
+        app.destroy(out);
+        // SAFETY: idle.
+        unsafe { app.device.destroy_semaphore(sem, None) };
+    }
+    app.still_works();
+}
+
+#[test]
+fn a_short_or_missing_file_fails_its_request_alone() {
+    let _serial = serial();
+    let app = App::new(true);
+    let dir = TempDir::new("rq-short");
+    let good = dir.path("good.bin");
+    let short = dir.path("short.bin");
+    let bytes = data(50_000, 4);
+    std::fs::write(&good, &bytes).unwrap();
+    std::fs::write(&short, data(1000, 5)).unwrap();
+    let missing = dir.path("missing.bin");
+    {
+        let g = app.lend();
+        let out = app.buffer(200_000, false);
+        let sem = app.timeline();
+        let mut q = ReadQueue::new(&g, ReadQueueOptions::default()).unwrap();
+        let d = dst(&out);
+        let reqs = vec![
+            req(&good, 0, 50_000, d, 0),
+            req(&short, 0, 5000, d, 60_000),
+            req(&missing, 0, 10, d, 70_000),
+            req(&good, 1, 49_999, d, 100_000),
+        ];
+        // SAFETY: as in lands().
+        let t = unsafe {
+            q.submit(
+                &reqs,
+                Some(TimelineSignal {
+                    semaphore: sem,
+                    value: 7,
+                }),
+            )
+        }
+        .unwrap();
+        let r = q.wait(t).unwrap();
+        // (Signals of one submission are not observed at one instant:
+        // the app waits on its own semaphore.)
+        assert!(app.wait(sem, 7, 10), "the app's semaphore never reached 7");
+        assert!(r.requests[0].ok() && r.requests[3].ok(), "{:?}", r.requests);
+        let e1 = r.requests[1].error.as_deref().unwrap_or("");
+        assert!(
+            e1.contains("passes the end of the file (1000 bytes)"),
+            "{e1}"
+        );
+        let e2 = r.requests[2].error.as_deref().unwrap_or("");
+        assert!(e2.contains("missing.bin"), "{e2}");
+        let got = app.read_back(&out);
+        assert!(got[..50_000] == bytes[..]);
+        assert!(got[100_000..149_999] == bytes[1..]);
+        drop(q);
+        app.destroy(out);
+        // SAFETY: idle.
+        unsafe { app.device.destroy_semaphore(sem, None) };
+    }
+    app.still_works();
+}
+
+/// A truncate by another process while a host-path request is in flight:
+/// the lease breaks, and that request is reported failed (its bytes may be
+/// the file's, but nothing vouches for them), the other completes.
+#[test]
+fn a_file_truncated_in_flight_fails_that_request() {
+    let _serial = serial();
+    let app = App::new(true);
+    let dir = TempDir::new("rq-trunc");
+    let a = dir.path("a.bin");
+    let b = dir.path("b.bin");
+    std::fs::write(&a, data(300_000, 6)).unwrap();
+    std::fs::write(&b, data(300_000, 7)).unwrap();
+    {
+        let g = app.lend();
+        let out = app.buffer(600_000, false);
+        let mut q = ReadQueue::new(&g, ReadQueueOptions::default()).unwrap();
+        let d = dst(&out);
+        let reqs = vec![req(&a, 0, 300_000, d, 0), req(&b, 0, 300_000, d, 300_000)];
+        // SAFETY: as in lands().
+        let t = unsafe { q.submit(&reqs, None) }.unwrap();
+        // Another process truncates a.bin: its open blocks on the lease
+        // until the queue lets go of it.
+        // (truncate(1) opens with O_NONBLOCK and gives up at once; the
+        // truncate(2) system call waits for the lease, as most writers do.)
+        let child = std::process::Command::new("python3")
+            .args(["-c", "import os, sys; os.truncate(sys.argv[1], 1000)"])
+            .arg(&a)
+            .spawn()
+            .unwrap();
+        // Until the kernel shows the lease of a.bin breaking.
+        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&a).unwrap());
+        let t0 = std::time::Instant::now();
+        while !std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains("BREAKING") && l.contains(&format!(":{ino} ")))
+        {
+            assert!(
+                t0.elapsed().as_secs() < 20,
+                "the truncate never broke the lease"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let r = q.wait(t).unwrap();
+        drop(q);
+        let st = wait_child(child);
+        assert!(st.success());
+        let e = r.requests[0].error.as_deref().unwrap_or("");
+        assert!(e.contains("read lease was broken"), "{:?}", r.requests[0]);
+        assert!(r.requests[1].ok(), "{:?}", r.requests[1]);
+        assert_eq!(std::fs::metadata(&a).unwrap().len(), 1000);
+        app.destroy(out);
+    }
+    app.still_works();
+}
+
+fn wait_child(mut c: std::process::Child) -> std::process::ExitStatus {
+    c.wait().unwrap()
+}
+
+/// Many small files in one batch with few imports allowed in flight: all
+/// land, and no file descriptor stays open.
+#[test]
+fn many_small_files_hold_few_descriptors() {
+    let _serial = serial();
+    let app = App::new(true);
+    let dir = TempDir::new("rq-many");
+    let files: Vec<(PathBuf, Vec<u8>)> = (0..300)
+        .map(|i| {
+            let bytes = data(1 + (i * 37) % 5000, i as u64);
+            let p = dir.path(&format!("s{i}.bin"));
+            std::fs::write(&p, &bytes).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    {
+        let g = app.lend();
+        let fds = open_fds();
+        let total: u64 = files.iter().map(|(_, b)| b.len() as u64).sum();
+        let out = app.buffer(total, false);
+        let mut q = ReadQueue::new(&g, small(PathChoice::Only(PathKind::Host))).unwrap();
+        let mut at = 0;
+        let reqs: Vec<ReadRequest> = files
+            .iter()
+            .map(|(p, b)| {
+                let r = req(p, 0, b.len() as u64, dst(&out), at);
+                at += b.len() as u64;
+                r
+            })
+            .collect();
+        // SAFETY: as in lands().
+        let t = unsafe { q.submit(&reqs, None) }.unwrap();
+        let r = q.wait(t).unwrap();
+        assert!(r.ok(), "{:?}", r.requests.iter().find(|q| !q.ok()));
+        let got = app.read_back(&out);
+        let mut at = 0;
+        for (_, b) in &files {
+            assert!(got[at..at + b.len()] == b[..]);
+            at += b.len();
+        }
+        drop(q);
+        assert_eq!(open_fds(), fds);
+        app.destroy(out);
+    }
+    app.still_works();
+}
+
+/// Dropping the queue with a batch in flight waits for its own copies,
+/// then frees everything: no hang, no descriptor left, the device fine.
+#[test]
+fn dropping_the_queue_with_work_in_flight() {
+    let _serial = serial();
+    let app = App::new(true);
+    let dir = TempDir::new("rq-drop");
+    let p = dir.path("f.bin");
+    std::fs::write(&p, data(2 << 20, 8)).unwrap();
+    {
+        let g = app.lend();
+        let fds = open_fds();
+        let out = app.buffer(2 << 20, false);
+        let sem = app.timeline();
+        let mut q = ReadQueue::new(&g, ReadQueueOptions::default()).unwrap();
+        // SAFETY: as in lands().
+        unsafe {
+            q.submit(
+                &[req(&p, 0, 2 << 20, dst(&out), 0)],
+                Some(TimelineSignal {
+                    semaphore: sem,
+                    value: 3,
+                }),
+            )
+        }
+        .unwrap();
+        drop(q);
+        assert!(app.wait(sem, 3, 10), "the batch was never signalled");
+        assert_eq!(open_fds(), fds);
+        app.destroy(out);
+        // SAFETY: idle.
+        unsafe { app.device.destroy_semaphore(sem, None) };
+    }
+    app.still_works();
+}
