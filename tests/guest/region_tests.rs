@@ -20,7 +20,7 @@ use crate::util::*;
 use crate::TestFn;
 
 pub fn all() -> Vec<(String, TestFn)> {
-    let t: [(&str, TestFn); 7] = [
+    let t: [(&str, TestFn); 8] = [
         ("region/read-every-fs", Box::new(read_every_fs)),
         ("region/write-tmpfs", Box::new(write_tmpfs)),
         (
@@ -34,6 +34,7 @@ pub fn all() -> Vec<(String, TestFn)> {
             Box::new(read_only_store_faults),
         ),
         ("sample/safetensors-direct", Box::new(safetensors_direct)),
+        ("sample/vk-load-direct", Box::new(vk_load_direct)),
     ];
     t.into_iter().map(|(n, f)| (n.to_string(), f)).collect()
 }
@@ -331,6 +332,52 @@ fn safetensors_direct(c: &Ctx) -> TestResult {
         );
         let paths = r["paths"].as_object().ok_or("no paths")?;
         ensure!(paths.keys().eq(["direct"]), "{fs}: paths {paths:?}");
+    }
+    Ok(())
+}
+
+/// samples/vk-load, an application with its own Vulkan device, loads a
+/// generated model into its own buffers through the read queue on
+/// `direct`: every tensor's sum from its own shader equals the CPU's, and
+/// the CPU copied nothing.
+fn vk_load_direct(c: &Ctx) -> TestResult {
+    let bin = sibling("vk-load");
+    for fs in ["ext4", "xfs", "tmpfs"] {
+        let f = c.fs(fs)?.join("vk-model.safetensors");
+        let o = Command::new(&bin)
+            .args(["--generate"])
+            .arg(&f)
+            .args(["--mib", "6"])
+            .output()?;
+        ensure!(o.status.success(), "{fs}: generate: {o:?}");
+        let o = Command::new(&bin)
+            .args(["--path", "direct", "--json"])
+            .arg(&f)
+            .output()?;
+        ensure!(
+            o.status.success(),
+            "{fs}: exit {:?}: {}{}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+        let t = r["tensors"].as_array().ok_or("no tensors")?;
+        ensure!(t.len() == 24, "{fs}: {} tensors", t.len());
+        for x in t {
+            ensure!(
+                x["gpu_sum64"] == x["cpu_sum64"] && (x["bytes"] == 0 || x["path"] == "direct"),
+                "{fs}: {}: {x}",
+                x["name"]
+            );
+        }
+        ensure!(
+            r["verified"] == true && r["cpu_copied_bytes"] == 0,
+            "{fs}: verified {} cpu_copied_bytes {}",
+            r["verified"],
+            r["cpu_copied_bytes"]
+        );
+        std::fs::remove_file(&f)?;
     }
     Ok(())
 }

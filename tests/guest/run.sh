@@ -32,7 +32,7 @@ if [ "${DMAFILE_GUEST_KERNEL:-stock}" != 6.1 ]; then
     vkms_ko=$("$here/scripts/build-vkms.sh")
     vkms_bug_ko=$("$here/scripts/build-vkms.sh" --without-offset-fix)
 fi
-cargo build --release --locked -q -p dmafile-guest-tests -p dmafile-cli -p safetensors-reduce -p scanout-play
+cargo build --release --locked -q -p dmafile-guest-tests -p dmafile-cli -p safetensors-reduce -p scanout-play -p vk-load
 bin=$here/target/release/dmafile-guest-tests
 
 out=$cache/guest-run-${DMAFILE_GUEST_KERNEL:-stock}
