@@ -36,6 +36,7 @@ test-host:
 	scripts/test-independent-crc.sh
 	scripts/package-check.sh
 	$(CARGO) clippy --release --workspace --all-targets --locked -- -D warnings
+	CARGO=$(CARGO) scripts/test-validation.sh
 
 # checkpatch --strict and sparse on the kernel module.
 test-kmod: setup-guest

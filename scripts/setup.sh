@@ -60,7 +60,7 @@ mesa_major() {
 setup_host() {
     ensure_backports
     apt_install ca-certificates pkg-config python3 python3-pip python3-venv
-    apt_install glslang-tools spirv-tools libvulkan1 libvulkan-dev vulkan-tools
+    apt_install glslang-tools spirv-tools libvulkan1 libvulkan-dev vulkan-tools vulkan-validationlayers
     local major
     major=$(mesa_major || true)
     if [ -z "$major" ] || [ "$major" -lt 25 ]; then

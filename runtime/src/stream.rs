@@ -744,6 +744,10 @@ impl Streamer {
                 let region = [vk::BufferCopy::default().size(padded)];
                 // SAFETY: both buffers hold at least `padded` bytes.
                 unsafe { d.cmd_copy_buffer(cmd, staging.buffer, dc.buffer, &region) };
+                // The test-only canary build leaves this barrier out, to
+                // show the validation layer reports a missing one
+                // (scripts/test-validation.sh).
+                #[cfg(not(feature = "validation-canary"))]
                 barrier(
                     vk::AccessFlags::TRANSFER_WRITE,
                     vk::AccessFlags::SHADER_READ,
