@@ -37,11 +37,16 @@ pub struct ReadQueueOptions {
     /// `auto` (direct, host, upload; see [`ReadQueue`] on heap), or one path.
     pub path: PathChoice,
     /// Bytes of staging for the copy paths, allocated once and reused:
-    /// split into pieces of at most `piece` bytes.
+    /// split into pieces of `piece` bytes.
     pub staging_bytes: u64,
-    /// The most bytes one import or one staging copy covers; longer
-    /// requests are split. Clamped to the device's allocation limit.
+    /// The most bytes one staging copy covers; longer requests are read in
+    /// pieces, each copied while the next is read.
     pub piece: u64,
+    /// The most bytes one import (a dma-buf or a host mapping) covers;
+    /// longer requests are imported in pieces. Clamped to the device's
+    /// allocation limit. A `direct` import pins its pages and charges them
+    /// to the memlock limit: a piece over the limit falls back.
+    pub import_piece: u64,
     /// Imports (each an open file, a dma-buf or a mapping) that may wait
     /// for the device at once; past it the queue submits and waits for
     /// the oldest, so thousands of small files never hold thousands of
@@ -55,6 +60,7 @@ impl Default for ReadQueueOptions {
             path: PathChoice::Auto,
             staging_bytes: 64 << 20,
             piece: 16 << 20,
+            import_piece: 256 << 20,
             max_imports_in_flight: 64,
         }
     }
@@ -228,12 +234,15 @@ impl ReadQueue {
         let dev = &gpu.shared;
         let max = dev.info().max_memory_allocation_size.max(PAGE_SIZE);
         let mut opts = opts;
-        if opts.piece < PAGE_SIZE || opts.staging_bytes < opts.piece.min(max) {
+        if opts.piece < PAGE_SIZE
+            || opts.import_piece < PAGE_SIZE
+            || opts.staging_bytes < opts.piece.min(max)
+        {
             return Err(Error::Config {
                 setting: "piece",
                 msg: format!(
-                    "pieces of {} bytes with {} bytes of staging: a piece must be at least 4096 bytes and fit in the staging",
-                    opts.piece, opts.staging_bytes
+                    "pieces of {} bytes (imports {}) with {} bytes of staging: a piece must be at least 4096 bytes and fit in the staging",
+                    opts.piece, opts.import_piece, opts.staging_bytes
                 ),
             });
         }
@@ -244,6 +253,7 @@ impl ReadQueue {
             });
         }
         opts.piece = opts.piece.min(max) & !(PAGE_SIZE - 1);
+        opts.import_piece = opts.import_piece.min(max) & !(PAGE_SIZE - 1);
         let mut q = ReadQueue {
             gpu: gpu.clone(),
             opts,
@@ -603,8 +613,9 @@ impl ReadQueue {
         while done < r.len {
             let off = r.offset + done;
             let dst_off = r.dst_offset + done;
-            let n = self.opts.piece.min(r.len - done);
-            let piece = match path {
+            // Up to an import's worth; upload takes a staging piece of it.
+            let n = self.opts.import_piece.min(r.len - done);
+            let (piece, n) = match path {
                 None => {
                     // The first piece chooses the path (auto's loop).
                     let (p, k, fallbacks) =
@@ -640,6 +651,9 @@ impl ReadQueue {
             };
             report.path = path;
             self.record_copy(batch, index, &file, piece, n, r.dst, dst_off, report)?;
+            // Submitted at once: the device copies this piece while the
+            // CPU reads or imports the next.
+            self.flush(None)?;
             done += n;
         }
         Ok(())
@@ -655,9 +669,10 @@ impl ReadQueue {
         n: u64,
         k: PathKind,
         lease: &mut Option<Arc<ReadLease>>,
-    ) -> Result<Piece> {
+    ) -> Result<(Piece, u64)> {
         match k {
             PathKind::Upload => {
+                let n = n.min(self.opts.piece);
                 let i = self.free_staging()?;
                 let bytes = self.staging[i]
                     .buf
@@ -672,7 +687,7 @@ impl ReadQueue {
                     self.recording()?;
                     self.recording.as_mut().expect("begun").staging.push(i);
                 }
-                Ok(Piece::Staging(i))
+                Ok((Piece::Staging(i), n))
             }
             k => {
                 if let Some(u) = self.gpu.unavailable(k) {
@@ -681,7 +696,7 @@ impl ReadQueue {
                 self.make_room_for_import()?;
                 let skew = off % PAGE_SIZE;
                 let imported = import_range(&self.gpu, f, off - skew, skew + n, k, false, lease)?;
-                Ok(Piece::Import { imported, skew })
+                Ok((Piece::Import { imported, skew }, n))
             }
         }
     }

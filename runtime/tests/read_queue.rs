@@ -49,6 +49,7 @@ fn small(path: PathChoice) -> ReadQueueOptions {
         path,
         staging_bytes: 128 << 10,
         piece: 64 << 10,
+        import_piece: 64 << 10,
         max_imports_in_flight: 4,
     }
 }

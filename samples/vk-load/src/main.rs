@@ -22,6 +22,7 @@ use dmafile::{
     ReadRequest, TimelineSignal,
 };
 
+mod bench;
 mod model;
 #[allow(dead_code)]
 #[path = "../../safetensors-reduce/src/st.rs"]
@@ -42,12 +43,13 @@ struct Opts {
 }
 
 fn usage() -> String {
-    "usage: vk-load MODEL [--path auto|direct|host|heap|upload] [--json] [--no-import-extensions]\n       vk-load --generate FILE [--mib N]".into()
+    "usage: vk-load MODEL [--path auto|direct|host|heap|upload] [--json] [--no-import-extensions]\n       vk-load --generate FILE [--mib N]\n       vk-load --bench FILE... [--runs N] [--json]".into()
 }
 
 enum Cmd {
     Load(Opts),
     Generate(PathBuf, u64),
+    Bench(Vec<PathBuf>, usize, bool),
 }
 
 fn parse_args() -> Result<Cmd, String> {
@@ -58,6 +60,9 @@ fn parse_args() -> Result<Cmd, String> {
     let mut no_ext = false;
     let mut generate = None;
     let mut mib = 72u64;
+    let mut bench = false;
+    let mut runs = 5usize;
+    let mut files = vec![];
     while let Some(a) = args.next() {
         match a.as_str() {
             "--path" => {
@@ -69,18 +74,34 @@ fn parse_args() -> Result<Cmd, String> {
             "--generate" => {
                 generate = Some(PathBuf::from(args.next().ok_or("--generate needs a file")?))
             }
+            "--bench" => bench = true,
+            "--runs" => {
+                let v = args.next().ok_or("--runs needs a value")?;
+                runs = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or(format!("--runs {v}: a count of at least 1"))?;
+            }
             "--mib" => {
                 let v = args.next().ok_or("--mib needs a value")?;
                 mib = v.parse().map_err(|_| format!("--mib {v}: not a number"))?;
             }
             "-h" | "--help" => return Err(usage()),
             s if s.starts_with('-') => return Err(format!("unknown option {s}\n{}", usage())),
+            _ if bench => files.push(PathBuf::from(a)),
             _ if model.is_none() => model = Some(PathBuf::from(a)),
             _ => return Err(format!("unexpected argument {a}\n{}", usage())),
         }
     }
     if let Some(f) = generate {
         return Ok(Cmd::Generate(f, mib));
+    }
+    if bench {
+        if files.is_empty() {
+            return Err(format!("--bench needs files\n{}", usage()));
+        }
+        return Ok(Cmd::Bench(files, runs, json));
     }
     Ok(Cmd::Load(Opts {
         model: model.ok_or_else(usage)?,
@@ -717,6 +738,16 @@ fn main() -> ExitCode {
                     println!("{}: {n} tensors", f.display());
                     ExitCode::SUCCESS
                 }
+                Err(e) => {
+                    eprintln!("vk-load: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Ok(Cmd::Bench(files, runs, json)) => {
+            let r = App::new(true).and_then(|app| bench::run(&app, &files, runs, json));
+            return match r {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("vk-load: {e}");
                     ExitCode::from(2)

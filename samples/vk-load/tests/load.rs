@@ -144,3 +144,39 @@ fn bad_files_are_refused_with_the_reason() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("missing"));
 }
+
+/// The benchmark runs every route and verifies each landing (a wrong
+/// landing is an error, exit 2); no timing is asserted.
+#[test]
+fn bench_runs_every_route_and_verifies_it() {
+    let dir = TempDir::new("vk-load-bench");
+    let f = dir.file("f.bin", &common::data(3 << 20 | 5, 11));
+    let o = Command::new(env!("CARGO_BIN_EXE_vk-load"))
+        .args(["--bench", "--runs", "1", "--json"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v = json(&o);
+    let routes = v[0]["routes"].as_array().unwrap();
+    let names: Vec<&str> = routes
+        .iter()
+        .map(|r| r["route"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "read-queue",
+            "read-queue-upload",
+            "pread+copy",
+            "hostptr+copy"
+        ]
+    );
+    for r in routes {
+        assert!(r["median_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert_eq!(
+        routes[0]["cpu_copied_bytes"], 0,
+        "read-queue on host copies nothing"
+    );
+}
