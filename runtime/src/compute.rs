@@ -40,6 +40,12 @@ pub struct DeviceBuffer {
 }
 
 impl DeviceBuffer {
+    /// The Vulkan buffer (valid while this lives), for the app's own
+    /// commands.
+    pub fn raw_buffer(&self) -> ash::vk::Buffer {
+        self.buf.buffer
+    }
+
     /// A zeroed buffer of `len` bytes in host-visible memory.
     pub fn new(gpu: &Gpu, len: usize) -> Result<DeviceBuffer> {
         if len == 0 {

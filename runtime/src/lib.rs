@@ -48,7 +48,7 @@ pub use queue::{
     BatchReport, Destination, ReadQueue, ReadQueueOptions, ReadRequest, RequestReport, Ticket,
     TimelineSignal,
 };
-pub use region::{Access, Region, RegionOptions, RegionReport};
+pub use region::{Access, RawRange, Region, RegionOptions, RegionReport};
 pub use shader::{Accumulator, ShaderKind, ShaderResult};
 pub use source::SourceFile;
 pub use spirv::Binding;

@@ -32,11 +32,12 @@ use crate::error::{Error, Result};
 use crate::gpu::memory::{Buffer, DmaBufSource};
 use crate::gpu::Gpu;
 use crate::hostmap::ReadLease;
-use crate::import::{choose, import_range};
+use crate::import::{choose, external_ownership, import_range};
 use crate::kmod::{dma_buf_sync, sync, Backing, Module, Status};
 use crate::path::{Fallback, PathChoice, PathKind, SYSTEM_HEAP};
 use crate::source::SourceFile;
 use crate::PAGE_SIZE;
+use ash::vk;
 
 /// What the device may do to a region.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -74,6 +75,21 @@ pub struct RegionReport {
 }
 
 /// A file range visible to shaders (see the module documentation).
+/// The raw Vulkan objects of a [`Region`] ([`Region::raw`]).
+#[derive(Clone, Copy, Debug)]
+pub struct RawRange {
+    pub buffer: vk::Buffer,
+    pub memory: vk::DeviceMemory,
+    /// Bytes of `buffer` (the range from its page start, rounded up to 4).
+    pub size: u64,
+    /// Where the file's byte at the region's offset is in `buffer`.
+    pub skew: u64,
+    /// The region's length from `skew`.
+    pub len: u64,
+    /// Memory imported from outside the device (direct, host, heap).
+    pub imported: bool,
+}
+
 pub struct Region {
     // Dropped first: the import goes before the file and the lease.
     buffer: Option<Buffer>,
@@ -157,6 +173,93 @@ impl Region {
         r.lease = imported.lease;
         r.cpu_copied = imported.cpu_copied;
         Ok(r)
+    }
+
+    /// The Vulkan objects behind the region, for the application's own
+    /// pipelines and copies: valid while the region lives (they are
+    /// destroyed when it is finished or dropped, so the app must be done
+    /// with them by then, its submissions waited for). The file's byte at
+    /// [`Region::offset`] is at `skew` in `buffer`; `size` bytes of
+    /// `buffer` may be bound. Imported memory (every path but `upload`)
+    /// belongs to the external queue family until acquired: record
+    /// [`Region::cmd_acquire`] before first use in each submission.
+    pub fn raw(&self) -> RawRange {
+        let b = self.buffer();
+        RawRange {
+            buffer: b.buffer,
+            memory: b.memory(),
+            size: b.size,
+            skew: self.skew,
+            len: self.len,
+            imported: b.is_imported(),
+        }
+    }
+
+    /// Records into `cmd` the barrier that acquires the region's buffer
+    /// from the external queue family for `dst_access` at `dst_stage` on
+    /// the queue family of the `Gpu` it was opened on
+    /// ([`crate::Gpu::queue_family`]; a plain execution barrier for memory
+    /// that is not imported).
+    ///
+    /// # Safety
+    /// `cmd` must be a command buffer of the region's device in the
+    /// recording state, to be submitted on that queue family while the
+    /// region lives.
+    pub unsafe fn cmd_acquire(
+        &self,
+        cmd: vk::CommandBuffer,
+        dst_stage: vk::PipelineStageFlags,
+        dst_access: vk::AccessFlags,
+    ) {
+        let b = self.buffer();
+        let barriers = if b.is_imported() {
+            external_ownership(b.dev().queue_family, &[b.buffer], true, dst_access)
+        } else {
+            vec![]
+        };
+        // SAFETY: per the caller.
+        unsafe {
+            b.dev().device.cmd_pipeline_barrier(
+                cmd,
+                vk::PipelineStageFlags::TOP_OF_PIPE,
+                dst_stage,
+                vk::DependencyFlags::empty(),
+                &[],
+                &barriers,
+                &[],
+            )
+        };
+    }
+
+    /// Records the matching release back to the external queue family
+    /// after the app's last use (`src_access` at `src_stage`).
+    ///
+    /// # Safety
+    /// As for [`Region::cmd_acquire`].
+    pub unsafe fn cmd_release(
+        &self,
+        cmd: vk::CommandBuffer,
+        src_stage: vk::PipelineStageFlags,
+        src_access: vk::AccessFlags,
+    ) {
+        let b = self.buffer();
+        let barriers = if b.is_imported() {
+            external_ownership(b.dev().queue_family, &[b.buffer], false, src_access)
+        } else {
+            vec![]
+        };
+        // SAFETY: per the caller.
+        unsafe {
+            b.dev().device.cmd_pipeline_barrier(
+                cmd,
+                src_stage,
+                vk::PipelineStageFlags::BOTTOM_OF_PIPE,
+                vk::DependencyFlags::empty(),
+                &[],
+                &barriers,
+                &[],
+            )
+        };
     }
 
     pub(crate) fn buffer(&self) -> &Buffer {

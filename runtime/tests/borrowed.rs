@@ -142,3 +142,92 @@ fn a_borrowed_device_must_have_timelines_and_a_compute_queue() {
     assert!(e.to_string().contains("family 99"), "{e}");
     app.still_works();
 }
+
+/// A region's raw handles in the app's own commands: the app acquires the
+/// imported buffer, copies the range from `skew` into its own buffer,
+/// releases it, reads its buffer back: the file's bytes.
+#[test]
+fn a_regions_raw_buffer_in_the_apps_own_copy() {
+    use dmafile::{Region, RegionOptions};
+    let dir = TempDir::new("borrowed-raw");
+    let bytes = data(100_000, 12);
+    let file = dir.path("f.bin");
+    std::fs::write(&file, &bytes).unwrap();
+    let app = App::new(true);
+    {
+        let g = app.lend();
+        for path in [PathKind::Host, PathKind::Upload] {
+            let opts = RegionOptions {
+                path: PathChoice::Only(path),
+                ..Default::default()
+            };
+            let (off, len) = (5000u64, 60_001u64);
+            let r = Region::open(&g, &file, off, len, opts).unwrap();
+            let raw = r.raw();
+            assert_eq!((raw.skew, raw.len), (off % 4096, len));
+            assert_eq!(raw.imported, path != PathKind::Upload);
+            let out = app.buffer(len.next_multiple_of(4), false);
+            let d = &app.device;
+            // SAFETY: the app's command buffer on the Gpu's queue family,
+            // waited for before the region and buffer go.
+            unsafe {
+                let pool = d
+                    .create_command_pool(
+                        &vk::CommandPoolCreateInfo::default().queue_family_index(g.queue_family()),
+                        None,
+                    )
+                    .unwrap();
+                let cb = d
+                    .allocate_command_buffers(
+                        &vk::CommandBufferAllocateInfo::default()
+                            .command_pool(pool)
+                            .command_buffer_count(1),
+                    )
+                    .unwrap()[0];
+                d.begin_command_buffer(cb, &vk::CommandBufferBeginInfo::default())
+                    .unwrap();
+                r.cmd_acquire(
+                    cb,
+                    vk::PipelineStageFlags::TRANSFER,
+                    vk::AccessFlags::TRANSFER_READ,
+                );
+                d.cmd_copy_buffer(
+                    cb,
+                    raw.buffer,
+                    out.buffer,
+                    &[vk::BufferCopy::default().src_offset(raw.skew).size(len)],
+                );
+                r.cmd_release(
+                    cb,
+                    vk::PipelineStageFlags::TRANSFER,
+                    vk::AccessFlags::empty(),
+                );
+                d.end_command_buffer(cb).unwrap();
+                let fence = d
+                    .create_fence(&vk::FenceCreateInfo::default(), None)
+                    .unwrap();
+                let cbs = [cb];
+                {
+                    let q = g.lock_queue().unwrap();
+                    d.queue_submit(
+                        q.queue(),
+                        &[vk::SubmitInfo::default().command_buffers(&cbs)],
+                        fence,
+                    )
+                    .unwrap();
+                }
+                d.wait_for_fences(&[fence], true, u64::MAX).unwrap();
+                d.destroy_fence(fence, None);
+                d.destroy_command_pool(pool, None);
+            }
+            let got = app.read_back(&out);
+            assert!(
+                got[..len as usize] == bytes[off as usize..(off + len) as usize],
+                "{path:?}: the app's copy of the region is not the file's bytes"
+            );
+            app.destroy(out);
+            drop(r);
+        }
+    }
+    app.still_works();
+}

@@ -316,6 +316,16 @@ impl Buffer {
         }
     }
 
+    /// The device that owns it.
+    pub fn dev(&self) -> &Arc<DeviceShared> {
+        &self.dev
+    }
+
+    /// The memory bound to `buffer` at offset 0.
+    pub fn memory(&self) -> vk::DeviceMemory {
+        self.memory
+    }
+
     /// Whether the memory is imported (external to this device).
     pub fn is_imported(&self) -> bool {
         self.source.is_some()
