@@ -120,6 +120,38 @@ impl Drop for HostMapping {
 /// support leases; otherwise the host path is not used for that file.
 pub(crate) struct ReadLease {
     fd: libc::c_int,
+    /// The file's (st_dev, st_ino), counted in LEASED while held.
+    key: (u64, u64),
+}
+
+/// The files this process holds read leases on, with how many: so that
+/// dmafile itself never opens one of them for writing (the open would wait
+/// for our own lease, or fail with a bare EAGAIN), but says why instead.
+static LEASED: std::sync::Mutex<Vec<((u64, u64), usize)>> = std::sync::Mutex::new(Vec::new());
+
+/// Whether this process holds a read lease (through dmafile) on the file
+/// `(st_dev, st_ino)`.
+pub(crate) fn leased_here(key: (u64, u64)) -> bool {
+    LEASED
+        .lock()
+        .map(|l| l.iter().any(|(k, n)| *k == key && *n > 0))
+        .unwrap_or(false)
+}
+
+fn count_lease(key: (u64, u64), up: bool) {
+    if let Ok(mut l) = LEASED.lock() {
+        match l.iter_mut().position(|(k, _)| *k == key) {
+            Some(i) if up => l[i].1 += 1,
+            Some(i) => {
+                l[i].1 -= 1;
+                if l[i].1 == 0 {
+                    l.swap_remove(i);
+                }
+            }
+            None if up => l.push((key, 1)),
+            None => {}
+        }
+    }
 }
 
 impl ReadLease {
@@ -138,7 +170,17 @@ impl ReadLease {
                 return Err(e);
             }
         }
-        Ok(ReadLease { fd: raw })
+        let st = nix::sys::stat::fstat(raw).map_err(std::io::Error::from);
+        let key = match st {
+            Ok(st) => (st.st_dev, st.st_ino),
+            Err(e) => {
+                // SAFETY: releasing the lease just taken.
+                unsafe { libc::fcntl(raw, libc::F_SETLEASE, libc::F_UNLCK) };
+                return Err(e);
+            }
+        };
+        count_lease(key, true);
+        Ok(ReadLease { fd: raw, key })
     }
 
     /// True once another opener or truncate asked for the lease back (or the
@@ -154,6 +196,7 @@ impl Drop for ReadLease {
     fn drop(&mut self) {
         // SAFETY: releasing the lease we took on this descriptor.
         unsafe { libc::fcntl(self.fd, libc::F_SETLEASE, libc::F_UNLCK) };
+        count_lease(self.key, false);
     }
 }
 

@@ -242,7 +242,9 @@ pub(crate) fn unmappable(kind: PathKind, file: &SourceFile) -> Option<Unavailabl
 pub(crate) fn lease_for_host(file: &SourceFile) -> Result<ReadLease, Unavailable> {
     ReadLease::take(file.fd()).map_err(|e| {
         let why = match e.raw_os_error() {
-            Some(nix::libc::EAGAIN) => "it is open for writing elsewhere".to_string(),
+            Some(nix::libc::EAGAIN) => {
+                "it is open for writing (by another process, or by this one)".to_string()
+            }
             Some(nix::libc::EACCES) => "only its owner (or CAP_LEASE) may lease it".to_string(),
             Some(nix::libc::EINVAL) => "its filesystem does not support leases".to_string(),
             _ => e.to_string(),

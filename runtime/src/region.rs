@@ -364,7 +364,7 @@ impl Region {
         }
         if self.lease.as_ref().is_some_and(|l| l.broken()) {
             return changed(
-                "another process opened it for writing or truncated it (its read lease was broken)"
+                "it was opened for writing or truncated, by another process or by this one outside dmafile (its read lease was broken)"
                     .into(),
             );
         }

@@ -100,6 +100,18 @@ impl SourceFile {
 
     fn open_mode(path: &Path, write: bool) -> Result<Self> {
         let path = path.to_path_buf();
+        if write {
+            // Our own read lease would make this open fail (EAGAIN: it is
+            // non-blocking) or, blocking, wait for ourselves.
+            if let Ok(m) = std::fs::metadata(&path) {
+                if crate::hostmap::leased_here((m.dev(), m.ino())) {
+                    return Err(Error::BadInput {
+                        path,
+                        reason: "this process is reading it through dmafile's host path (a Region, stream or read-queue request holds a read lease on it): finish or drop that first, or read it through another path (PathChoice::Only(PathKind::Upload))".into(),
+                    });
+                }
+            }
+        }
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(write)

@@ -978,7 +978,7 @@ fn check_lease(f: &SourceFile, l: &Option<ReadLease>) -> Result<()> {
     if l.as_ref().is_some_and(|l| l.broken()) {
         return Err(Error::FileChanged {
             path: f.path().to_path_buf(),
-            what: "another process opened it for writing or truncated it (its read lease was broken); stopped before it could change under the mapping".into(),
+            what: "it was opened for writing or truncated, by another process or by this one outside dmafile (its read lease was broken); stopped before it could change under the mapping".into(),
         });
     }
     Ok(())

@@ -242,3 +242,34 @@ fn a_dropped_region_still_writes_back() {
     let want: Vec<u8> = orig.iter().map(|x| !x).collect();
     assert!(std::fs::read(&f).unwrap() == want);
 }
+
+/// A read region on the host path holds a read lease: opening the same
+/// file for writing through dmafile is refused at once with the reason
+/// (it used to fail with a bare EAGAIN from our own lease), and works once
+/// the read region is gone.
+#[test]
+fn a_writable_region_on_a_file_this_process_reads_on_host_says_why() {
+    let g = gpu();
+    let dir = TempDir::new("region-own-lease");
+    let f = dir.file("f.bin", &data(50_000, 5));
+    let read = Region::open(
+        &g,
+        &f,
+        0,
+        50_000,
+        RegionOptions {
+            path: PathChoice::Only(PathKind::Host),
+            access: Access::Read,
+        },
+    )
+    .unwrap();
+    let e = Region::open(&g, &f, 0, 4096, rw()).err().expect("refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("this process is reading it through dmafile's host path"),
+        "{msg}"
+    );
+    drop(read);
+    let w = Region::open(&g, &f, 0, 4096, rw()).unwrap();
+    w.finish().unwrap();
+}
