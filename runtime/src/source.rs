@@ -51,7 +51,7 @@ pub struct Identity {
 }
 
 impl Identity {
-    fn of(m: &std::fs::Metadata) -> Self {
+    pub(crate) fn of(m: &std::fs::Metadata) -> Self {
         Identity {
             dev: m.dev(),
             ino: m.ino(),

@@ -28,7 +28,7 @@ use crate::path::{
     PathKind, Unavailable, SYSTEM_HEAP,
 };
 use crate::shader::{Accumulator, ShaderKind, ShaderResult};
-use crate::source::{Content, SourceFile};
+use crate::source::{Content, Identity, SourceFile};
 use crate::PAGE_SIZE;
 
 /// Default chunk size: large enough to amortise a submission, small enough
@@ -340,18 +340,30 @@ impl Streamer {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<StreamReport> {
         let t0 = Instant::now();
-        let mut files = Vec::with_capacity(paths.len());
+        // Every input is checked before anything streams (a missing,
+        // unreadable or irregular file fails at once), then closed: the
+        // stream opens each again when it reaches it and closes it once
+        // its chunks are done, so the number of inputs is not bounded by
+        // RLIMIT_NOFILE.
+        let mut checked = Vec::with_capacity(paths.len());
         for p in paths {
-            files.push(SourceFile::open(p)?);
+            let f = SourceFile::open(p)?;
+            checked.push(Checked {
+                path: f.path().to_path_buf(),
+                ident: f.identity(),
+                len: f.len(),
+            });
         }
         let open_s = t0.elapsed().as_secs_f64();
+        let mut files: Vec<Option<SourceFile>> = checked.iter().map(|_| None).collect();
         // Leases are released only after every mapping is gone (see ReadLease).
-        let mut leases: Vec<Option<ReadLease>> = files.iter().map(|_| None).collect();
-        let r = self.run_files(&files, &mut leases, progress);
+        let mut leases: Vec<Option<ReadLease>> = checked.iter().map(|_| None).collect();
+        let r = self.run_files(&checked, &mut files, &mut leases, progress);
         if r.is_err() {
             self.abort();
         }
         drop(leases);
+        drop(files);
         let mut report = r?;
         report.phases.open = open_s;
         // The stream's own time: the CPU recomputation is reported apart.
@@ -470,18 +482,21 @@ impl Streamer {
 
     fn run_files(
         &mut self,
-        files: &[SourceFile],
+        checked: &[Checked],
+        files: &mut [Option<SourceFile>],
         leases: &mut [Option<ReadLease>],
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<StreamReport> {
         let info = self.gpu.info().clone();
         let shader = self.cfg.shader;
         let chunk = self.cfg.chunk;
-        let total: u64 = files.iter().map(|f| f.len()).sum();
+        let total: u64 = checked.iter().map(|f| f.len).sum();
         let mut st = RunState {
-            accs: files.iter().map(|_| Accumulator::new(shader)).collect(),
-            file_paths: files.iter().map(|_| BTreeMap::new()).collect(),
-            file_backing: files.iter().map(|_| BTreeMap::new()).collect(),
+            accs: checked.iter().map(|_| Accumulator::new(shader)).collect(),
+            file_paths: checked.iter().map(|_| BTreeMap::new()).collect(),
+            file_backing: checked.iter().map(|_| BTreeMap::new()).collect(),
+            chunks_in_flight: checked.iter().map(|_| 0).collect(),
+            metas: Vec::with_capacity(checked.len()),
             phases: Phases {
                 setup: std::mem::take(&mut self.setup_s),
                 ..Phases::default()
@@ -494,7 +509,29 @@ impl Streamer {
             peak_in_flight: 0,
             done: 0,
         };
-        for (fi, f) in files.iter().enumerate() {
+        for fi in 0..checked.len() {
+            // Files whose chunks are all done are closed before the next opens.
+            self.close_finished(fi, files, leases, &mut st)?;
+            let f = SourceFile::open(&checked[fi].path)?;
+            if !matches!(f.content(), Content::Snapshot { .. }) && f.identity() != checked[fi].ident
+            {
+                return Err(Error::FileChanged {
+                    path: checked[fi].path.clone(),
+                    what: "it changed (or was replaced) between the check at the start of the stream and its turn"
+                        .into(),
+                });
+            }
+            st.metas.push(FileMeta {
+                path: f.path().to_path_buf(),
+                len: f.len(),
+                ident: f.identity(),
+                snapshot_of: match f.content() {
+                    Content::Snapshot { fs, .. } => Some(fs),
+                    Content::File => None,
+                },
+            });
+            files[fi] = Some(f);
+            let f = files[fi].as_ref().expect("opened above");
             let mut path =
                 self.choose(f, &mut leases[fi], &mut st.first_chunk, &mut st.fallbacks)?;
             let len = f.len();
@@ -533,6 +570,7 @@ impl Streamer {
                 }
                 let t = Instant::now();
                 self.submit(s, fi, n, &mut st)?;
+                st.chunks_in_flight[fi] += 1;
                 st.phases.submit += t.elapsed().as_secs_f64();
                 off += n;
                 progress(st.done + st.in_flight, total);
@@ -548,17 +586,25 @@ impl Streamer {
         // Every file must be unchanged at the end of the whole stream, not
         // only when its own last chunk finished: an early file may change
         // while later ones stream (and an empty file has no chunk at all).
-        for (f, l) in files.iter().zip(leases.iter_mut()) {
-            check_lease(f, l)?;
-            *l = None; // nothing is mapped any more
-            f.check_unchanged()?;
+        // Files closed earlier are compared by path.
+        for (i, (f, l)) in files.iter().zip(leases.iter_mut()).enumerate() {
+            match f {
+                Some(f) => {
+                    check_lease(f, l)?;
+                    *l = None; // nothing is mapped any more
+                    f.check_unchanged()?;
+                }
+                None => st.metas[i].check_unchanged()?,
+            }
         }
+        let total: u64 = st.metas.iter().map(|m| m.len).sum();
         progress(total, total);
 
         let mut whole = Accumulator::new(shader);
         for a in &st.accs {
             whole.append(a);
         }
+        let st_idents: Vec<_> = st.metas.iter().map(|m| m.ident).collect();
         let paths = totals(&st.file_paths);
         let backing = totals(&st.file_backing);
         let mut report = StreamReport {
@@ -578,21 +624,19 @@ impl Streamer {
             cpu_result: None,
             verified: None,
             phases: st.phases,
-            files: files
+            files: st
+                .metas
                 .iter()
                 .zip(&st.accs)
                 .zip(st.file_paths.into_iter().zip(st.file_backing))
-                .map(|((f, a), (p, b))| FileReport {
-                    path: f.path().to_path_buf(),
-                    bytes: f.len(),
+                .map(|((m, a), (p, b))| FileReport {
+                    path: m.path.clone(),
+                    bytes: m.len,
                     paths: p,
                     backing: b,
                     result: a.result(),
                     cpu_result: None,
-                    snapshot_of: match f.content() {
-                        Content::Snapshot { fs, .. } => Some(fs),
-                        Content::File => None,
-                    },
+                    snapshot_of: m.snapshot_of,
                 })
                 .collect(),
         };
@@ -600,7 +644,23 @@ impl Streamer {
             let t = Instant::now();
             let mut whole = Accumulator::new(shader);
             let mut ok = true;
-            for (f, fr) in files.iter().zip(report.files.iter_mut()) {
+            for (i, fr) in report.files.iter_mut().enumerate() {
+                // The file the stream read: still open, or opened again
+                // and checked to be the same.
+                let reopened;
+                let f = match files[i].as_ref() {
+                    Some(f) => f,
+                    None => {
+                        reopened = SourceFile::open(&fr.path)?;
+                        if fr.snapshot_of.is_none() && reopened.identity() != st_idents[i] {
+                            return Err(Error::FileChanged {
+                                path: fr.path.clone(),
+                                what: "it changed before it could be verified".into(),
+                            });
+                        }
+                        &reopened
+                    }
+                };
                 let a = cpu_reference(f, shader)?;
                 fr.cpu_result = a.result();
                 ok &= fr.cpu_result == fr.result;
@@ -612,6 +672,29 @@ impl Streamer {
             report.phases.verify = t.elapsed().as_secs_f64();
         }
         Ok(report)
+    }
+
+    /// Closes every file before `upto` whose chunks have all completed,
+    /// after its last checks: at most the files with chunks in flight stay
+    /// open.
+    fn close_finished(
+        &mut self,
+        upto: usize,
+        files: &mut [Option<SourceFile>],
+        leases: &mut [Option<ReadLease>],
+        st: &mut RunState,
+    ) -> Result<()> {
+        for i in 0..upto {
+            if st.chunks_in_flight[i] != 0 {
+                continue;
+            }
+            if let Some(f) = files[i].take() {
+                check_lease(&f, &leases[i])?;
+                leases[i] = None; // nothing of it is mapped any more
+                f.check_unchanged()?;
+            }
+        }
+        Ok(())
     }
 
     /// Makes `n` bytes of `f` at `off` shader-visible in slot `s`.
@@ -876,7 +959,7 @@ impl Streamer {
     fn complete(
         &mut self,
         s: usize,
-        files: &[SourceFile],
+        files: &[Option<SourceFile>],
         leases: &[Option<ReadLease>],
         st: &mut RunState,
     ) -> Result<()> {
@@ -895,8 +978,11 @@ impl Streamer {
         st.phases.wait += t.elapsed().as_secs_f64();
         st.in_flight -= p.len;
         st.done += p.len;
+        st.chunks_in_flight[p.file] -= 1;
         let slot = &mut self.slots[s];
-        let f = &files[p.file];
+        let f = files[p.file]
+            .as_ref()
+            .expect("a file stays open while its chunks are in flight");
         check_lease(f, &leases[p.file])?;
         // A truncate or hole punch while the device read the chunk leaves
         // the pinned pages stale: the result would be over bytes the file
@@ -984,7 +1070,55 @@ fn check_lease(f: &SourceFile, l: &Option<ReadLease>) -> Result<()> {
     Ok(())
 }
 
+/// An input as checked at the start of a stream.
+struct Checked {
+    path: PathBuf,
+    ident: Identity,
+    len: u64,
+}
+
+/// An input as the stream opened it, kept after it is closed.
+struct FileMeta {
+    path: PathBuf,
+    len: u64,
+    ident: Identity,
+    snapshot_of: Option<&'static str>,
+}
+
+impl FileMeta {
+    /// The end-of-stream check of a file already closed: the path still
+    /// names the same, unchanged file.
+    fn check_unchanged(&self) -> Result<()> {
+        if self.snapshot_of.is_some() {
+            return Ok(()); // a snapshot cannot change
+        }
+        let now = std::fs::metadata(&self.path)
+            .map(|m| Identity::of(&m))
+            .map_err(|e| Error::FileChanged {
+                path: self.path.clone(),
+                what: format!("it can no longer be found ({e})"),
+            })?;
+        if now != self.ident {
+            return Err(Error::FileChanged {
+                path: self.path.clone(),
+                what: if now.size != self.ident.size {
+                    format!("size went from {} to {} bytes", self.ident.size, now.size)
+                } else if (now.dev, now.ino) != (self.ident.dev, self.ident.ino) {
+                    "it was replaced by another file".into()
+                } else {
+                    "modified (its change time moved)".into()
+                },
+            });
+        }
+        Ok(())
+    }
+}
+
 struct RunState {
+    /// Chunks of each file submitted and not yet completed.
+    chunks_in_flight: Vec<usize>,
+    /// The files opened so far, in order.
+    metas: Vec<FileMeta>,
     accs: Vec<Accumulator>,
     file_paths: Vec<BTreeMap<PathKind, u64>>,
     file_backing: Vec<BTreeMap<Backing, u64>>,

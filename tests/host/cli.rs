@@ -462,3 +462,37 @@ fn scanout_refuses_bad_input_before_touching_a_display() {
         );
     }
 }
+
+/// More inputs than the process may have open descriptors: the stream
+/// opens each file only when it reaches it (docs/runtime.md), so 1,100
+/// files stream under a limit of 256 and verify.
+#[test]
+fn more_files_than_open_file_descriptors() {
+    let dir = TempDir::new("many-files");
+    let files: Vec<String> = (0..1100)
+        .map(|i| {
+            dir.file(&format!("f{i:04}"), &data(1 + i * 7, i as u64))
+                .to_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let mut cmd = Command::new(bin());
+    cmd.args(["stream", "--verify", "--json", "--shader", "sum64"])
+        .args(&files)
+        .env("DMAFILE_NO_PROGRESS", "1");
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 256, 256)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["verified"], true);
+    assert_eq!(v["files"].as_array().unwrap().len(), 1100);
+    let want: u64 = (0..1100u64).map(|i| 1 + i * 7).sum();
+    assert_eq!(v["bytes"], want);
+}
