@@ -35,6 +35,7 @@ test-host:
 	$(CARGO) test --release --workspace --locked --no-fail-fast
 	scripts/test-independent-crc.sh
 	scripts/package-check.sh
+	python3 scripts/module-cycles.py
 	$(CARGO) clippy --release --workspace --all-targets --locked -- -D warnings
 	CARGO=$(CARGO) scripts/test-validation.sh
 

@@ -12,12 +12,10 @@ use crate::gpu::memory::{Buffer, DmaBufSource, Placement};
 use crate::gpu::Gpu;
 use crate::hostmap::{HostMapping, ReadLease};
 use crate::kmod::{flags, Module};
-use crate::path::{
-    kernel_side, lease_for_host, open_module, open_system_heap, unmappable, Fallback, PathChoice,
-    PathKind, ReasonCode, Unavailable,
-};
+use crate::path::{Fallback, PathChoice, PathKind, ReasonCode, Unavailable};
+use crate::probe::{kernel_side, lease_for_host, open_module, open_system_heap, unmappable};
+use crate::read::{fill_heap_buffer, read_parallel};
 use crate::source::SourceFile;
-use crate::stream::{fill_heap_buffer, read_parallel};
 
 /// A file range made visible to the device by one path, with what keeps
 /// it valid: the module (to ask STATUS of a direct mapping) and the host

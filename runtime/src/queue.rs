@@ -27,8 +27,8 @@ use crate::hostmap::ReadLease;
 use crate::import::{choose, external_ownership, import_range, reason_for, Imported};
 use crate::kmod::Backing;
 use crate::path::{Fallback, PathChoice, PathKind};
+use crate::read::read_parallel;
 use crate::source::SourceFile;
-use crate::stream::read_parallel;
 use crate::PAGE_SIZE;
 
 /// How a [`ReadQueue`] works.

@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use crate::display::{Capture, Display, DisplayError, Format, Framebuffer, Gem, Layout};
 use crate::kmod::{DmaBuf, Module};
-use crate::path::{open_module, ReasonCode, Unavailable};
+use crate::path::{ReasonCode, Unavailable};
+use crate::probe::open_module;
 use crate::{Error, PathKind, Result, PAGE_SIZE};
 
 /// How frames reach the display.

@@ -225,3 +225,16 @@ mod tests {
         assert!(reflect(&w).unwrap_err().contains("corrupt"));
     }
 }
+
+/// SPIR-V of the shaders in shaders/, for use with [`crate::Kernel::new`].
+pub mod builtin {
+    /// CRC-32C per 4 KiB block (bindings: 0 input, 1 output, 2 tables; push: len).
+    pub const CRC32C: &[u8] = include_bytes!("../spirv/crc32c.spv");
+    /// Sum of u32 words per 4 KiB block (bindings: 0 input, 1 output; push: len).
+    pub const SUM64: &[u8] = include_bytes!("../spirv/sum64.spv");
+    /// 256-bin byte histogram (bindings: 0 input, 1 output; push: len).
+    pub const HISTOGRAM: &[u8] = include_bytes!("../spirv/histogram.spv");
+    /// Inverts words `[first, first + count)` of binding 0 in place
+    /// (push: first, count; 64 invocations per workgroup).
+    pub const INVERT: &[u8] = include_bytes!("../spirv/invert.spv");
+}

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ash::vk;
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result, VkResultExt};
@@ -22,11 +21,10 @@ use crate::gpu::memory::{Buffer, DmaBufSource, Placement};
 use crate::gpu::Gpu;
 use crate::hostmap::{HostMapping, ReadLease};
 use crate::import::{external_ownership, reason_for};
-use crate::kmod::{dma_buf_sync, sync, Backing, DmaBuf, Module};
-use crate::path::{
-    kernel_side, lease_for_host, open_module, open_system_heap, unmappable, Fallback, PathChoice,
-    PathKind, Unavailable, SYSTEM_HEAP,
-};
+use crate::kmod::{Backing, DmaBuf, Module};
+use crate::path::{Fallback, PathChoice, PathKind, Unavailable};
+use crate::probe::{kernel_side, lease_for_host, open_module, open_system_heap, unmappable};
+use crate::read::{fill_heap_buffer, read_parallel};
 use crate::shader::{Accumulator, ShaderKind, ShaderResult};
 use crate::source::{Content, Identity, SourceFile};
 use crate::PAGE_SIZE;
@@ -38,8 +36,6 @@ pub const DEFAULT_CHUNK: u64 = 16 << 20;
 pub const DEFAULT_DEPTH: usize = 3;
 /// Largest queue depth.
 pub const MAX_DEPTH: usize = 32;
-/// Piece size for the upload path's parallel reads.
-const READ_PIECE: usize = 1 << 20;
 
 /// How to stream.
 #[derive(Clone, Debug)]
@@ -1022,42 +1018,6 @@ impl Streamer {
         st.phases.fold += t.elapsed().as_secs_f64();
         f.check_unchanged()
     }
-}
-
-/// Reads `dst.len()` bytes of `f` at `off` in parallel pieces.
-pub(crate) fn read_parallel(f: &SourceFile, off: u64, dst: &mut [u8]) -> Result<()> {
-    dst.par_chunks_mut(READ_PIECE)
-        .enumerate()
-        .try_for_each(|(i, piece)| f.read_exact_at(piece, off + (i * READ_PIECE) as u64))
-}
-
-/// A system-heap dma-buf holding `n` bytes of `f` at `off` (zero tail),
-/// written through its CPU mapping between DMA_BUF_IOCTL_SYNC calls.
-pub(crate) fn fill_heap_buffer(
-    heap: &dma_heap::Heap,
-    f: &SourceFile,
-    off: u64,
-    n: u64,
-) -> Result<DmaBufSource> {
-    let len = n.next_multiple_of(PAGE_SIZE);
-    let heap_err =
-        |what: &'static str, e: std::io::Error| Error::io(Path::new(SYSTEM_HEAP), what, e);
-    let fd = heap
-        .allocate(len as usize)
-        .map_err(|e| heap_err("cannot allocate", e))?;
-    // SAFETY: a fresh buffer nobody else maps or writes.
-    let mut map = unsafe { memmap2::MmapOptions::new().len(len as usize).map_mut(&fd) }
-        .map_err(|e| heap_err("cannot mmap a heap buffer", e))?;
-    let sync = |flags| {
-        dma_buf_sync(fd.as_fd(), flags).map_err(|e| heap_err("DMA_BUF_IOCTL_SYNC", e.into()))
-    };
-    sync(sync::START | sync::WRITE)?;
-    let r = read_parallel(f, off, &mut map[..n as usize]);
-    map[n as usize..].fill(0);
-    sync(sync::END | sync::WRITE)?;
-    drop(map);
-    r?;
-    Ok(DmaBufSource::Heap { fd, len })
 }
 
 fn check_lease(f: &SourceFile, l: &Option<ReadLease>) -> Result<()> {

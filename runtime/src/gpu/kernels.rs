@@ -13,9 +13,7 @@ use crate::shader::ShaderKind;
 /// Invocations per workgroup (`local_size_x` in the shaders).
 pub(crate) const WORKGROUP: u64 = 64;
 
-use crate::compute::builtin::{
-    CRC32C as SPV_CRC32C, HISTOGRAM as SPV_HISTOGRAM, SUM64 as SPV_SUM64,
-};
+use crate::spirv::builtin::{CRC32C as SPV_CRC32C, HISTOGRAM as SPV_HISTOGRAM, SUM64 as SPV_SUM64};
 
 /// A descriptor set layout with one compute storage buffer at each binding.
 pub(crate) fn storage_set_layout(

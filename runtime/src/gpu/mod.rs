@@ -9,7 +9,8 @@ use ash::vk;
 use serde::Serialize;
 
 use crate::error::{Error, Result, VkResultExt};
-use crate::path::{kernel_side, PathAvailability, PathKind, ReasonCode, Unavailable};
+use crate::path::{PathAvailability, PathKind, ReasonCode, Unavailable};
+use crate::probe::kernel_side;
 
 pub(crate) mod kernels;
 pub(crate) mod memory;
