@@ -121,12 +121,49 @@ pub(crate) fn reason_for(k: PathKind, e: Error) -> Unavailable {
     }
 }
 
+/// Whether `auto` may try another path after `e`: not when the file
+/// changed (every path would read the changed file) or the device is lost
+/// (no path would work).
+fn may_fall_back(e: &Error) -> bool {
+    !matches!(
+        e,
+        Error::FileChanged { .. }
+            | Error::Vulkan {
+                result: vk::Result::ERROR_DEVICE_LOST,
+                ..
+            }
+    )
+}
+
+/// A path that failed part way through a file (`k` served its first
+/// pieces): under `auto` the rest goes through upload, and this is the
+/// fallback to record; a named path, upload itself, or an error no path
+/// can avoid is returned as the error.
+pub(crate) fn fall_back_mid_file(
+    choice: PathChoice,
+    k: PathKind,
+    e: Error,
+    file: &std::path::Path,
+) -> Result<Fallback> {
+    if choice != PathChoice::Auto || k == PathKind::Upload || !may_fall_back(&e) {
+        return Err(e);
+    }
+    let u = reason_for(k, e);
+    Ok(Fallback {
+        from: k,
+        to: PathKind::Upload,
+        code: u.code,
+        reason: u.reason,
+        file: Some(file.display().to_string()),
+    })
+}
+
 /// Runs `choice` over `attempt`: a named path's failure is the error;
 /// `auto` tries every path in order, records each one it skipped as a
 /// fallback to the one that served (`file` names the file), and fails only
-/// if the last one fails. `skip` lists paths `auto` does not try here,
-/// and `fatal` errors that must not be hidden by a fallback (a file that
-/// changed).
+/// if the last one fails, or on an error no other path could avoid (a
+/// file that changed, a lost device). `skip` lists paths `auto` does not
+/// try here.
 pub(crate) fn choose<T>(
     choice: PathChoice,
     file: &str,
@@ -157,8 +194,7 @@ pub(crate) fn choose<T>(
                     .collect();
                 return Ok((t, k, fallbacks));
             }
-            Err(e @ Error::FileChanged { .. }) => return Err(e),
-            Err(e) if i < last => skipped.push(reason_for(k, e)),
+            Err(e) if i < last && may_fall_back(&e) => skipped.push(reason_for(k, e)),
             Err(e) => return Err(e),
         }
     }
@@ -200,4 +236,40 @@ pub(crate) fn external_ownership(
                 .size(vk::WHOLE_SIZE)
         })
         .collect()
+}
+
+/// Records [`external_ownership`]'s barrier for `buffers` into `cmd`: the
+/// acquire before `stage` accesses them with `access`, or the release
+/// after `stage` accessed them with `access`.
+///
+/// # Safety
+/// `cmd` is a command buffer of `d` in the recording state, to be
+/// submitted on `family`; the buffers live until it completes.
+pub(crate) unsafe fn cmd_external_ownership(
+    d: &ash::Device,
+    cmd: vk::CommandBuffer,
+    family: u32,
+    buffers: &[vk::Buffer],
+    acquire: bool,
+    stage: vk::PipelineStageFlags,
+    access: vk::AccessFlags,
+) {
+    let barriers = external_ownership(family, buffers, acquire, access);
+    let (from, to) = if acquire {
+        (vk::PipelineStageFlags::TOP_OF_PIPE, stage)
+    } else {
+        (stage, vk::PipelineStageFlags::BOTTOM_OF_PIPE)
+    };
+    // SAFETY: per the caller.
+    unsafe {
+        d.cmd_pipeline_barrier(
+            cmd,
+            from,
+            to,
+            vk::DependencyFlags::empty(),
+            &[],
+            &barriers,
+            &[],
+        )
+    };
 }

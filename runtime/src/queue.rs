@@ -24,7 +24,7 @@ use crate::error::{Error, Result, VkResultExt};
 use crate::gpu::memory::{Buffer, Placement};
 use crate::gpu::{DeviceShared, Gpu};
 use crate::hostmap::ReadLease;
-use crate::import::{choose, external_ownership, import_range, reason_for, Imported};
+use crate::import::{choose, cmd_external_ownership, fall_back_mid_file, import_range, Imported};
 use crate::kmod::Backing;
 use crate::path::{Fallback, PathChoice, PathKind};
 use crate::read::read_parallel;
@@ -225,7 +225,9 @@ pub struct ReadQueue {
     staging: Vec<Staging>,
     in_flight: VecDeque<InFlight>,
     batches: BTreeMap<u64, BatchState>,
-    next_batch: u64,
+    /// Requests found bad after their copies completed, as (batch,
+    /// request, why), until their batch is redeemed.
+    late_errors: Vec<(u64, usize, String)>,
     recording: Option<Recording>,
 }
 
@@ -253,7 +255,14 @@ impl ReadQueue {
             });
         }
         opts.piece = opts.piece.min(max) & !(PAGE_SIZE - 1);
-        opts.import_piece = opts.import_piece.min(max) & !(PAGE_SIZE - 1);
+        // An import covers the piece plus its skew into the first page and
+        // the host path's alignment padding: all within the limit.
+        let align = dev
+            .info()
+            .min_imported_host_pointer_alignment
+            .max(PAGE_SIZE);
+        let import_max = max.saturating_sub(PAGE_SIZE + align).max(PAGE_SIZE);
+        opts.import_piece = opts.import_piece.min(import_max) & !(PAGE_SIZE - 1);
         let mut q = ReadQueue {
             gpu: gpu.clone(),
             opts,
@@ -263,7 +272,7 @@ impl ReadQueue {
             staging: vec![],
             in_flight: VecDeque::new(),
             batches: BTreeMap::new(),
-            next_batch: 1,
+            late_errors: vec![],
             recording: None,
         };
         let d = &dev.device;
@@ -314,8 +323,9 @@ impl ReadQueue {
     ) -> Result<Ticket> {
         check_requests(requests)?;
         self.reclaim()?;
-        let batch = self.next_batch;
-        self.next_batch += 1;
+        // Numbered across the process, so a ticket only redeems at its queue.
+        static NEXT_BATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let batch = NEXT_BATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut reports: Vec<RequestReport> = requests
             .iter()
             .map(|r| RequestReport {
@@ -336,8 +346,12 @@ impl ReadQueue {
             if let Err(e) = self.record_request(batch, i, r, &mut reports[i]) {
                 match e {
                     // The device itself failed: the batch cannot go on.
+                    // Nothing it submitted may land after this returns.
                     Error::Vulkan { .. } | Error::NoVulkan(_) | Error::DeviceUnsuitable { .. } => {
-                        return Err(e)
+                        let _ = self.wait_value(self.submitted);
+                        let _ = self.reclaim();
+                        self.late_errors.retain(|&(b, _, _)| b != batch);
+                        return Err(e);
                     }
                     e => reports[i].error = Some(e.to_string()),
                 }
@@ -360,34 +374,43 @@ impl ReadQueue {
 
     /// The batch's report if it has completed, without blocking.
     pub fn poll(&mut self, t: Ticket) -> Result<Option<BatchReport>> {
-        self.reclaim()?;
-        let done = self.completed()?;
-        match self.batches.get(&t.0) {
-            None => Err(Error::Config {
-                setting: "ticket",
-                msg: format!("no batch {} pending in this queue (already redeemed?)", t.0),
-            }),
-            Some(b) if b.last_value <= done => {
-                let b = self.batches.remove(&t.0).expect("checked above");
+        // Every submission up to `done` has had its checks run.
+        let done = self.reclaim()?;
+        match self.pending(t)? {
+            b if b.last_value <= done => {
+                let mut b = self.batches.remove(&t.0).expect("checked above");
+                self.late_errors.retain(|(batch, i, e)| {
+                    if *batch != t.0 {
+                        return true;
+                    }
+                    if let Some(r) = b.reports.get_mut(*i) {
+                        r.error.get_or_insert_with(|| e.clone());
+                    }
+                    false
+                });
                 Ok(Some(BatchReport {
                     requests: b.reports,
                     seconds: b.t0.elapsed().as_secs_f64(),
                 }))
             }
-            Some(_) => Ok(None),
+            _ => Ok(None),
         }
+    }
+
+    /// The batch `t` names, if it is this queue's and not redeemed yet.
+    fn pending(&self, t: Ticket) -> Result<&BatchState> {
+        self.batches.get(&t.0).ok_or_else(|| Error::Config {
+            setting: "ticket",
+            msg: format!(
+                "no batch {} pending in this queue (redeemed already, or another queue's)",
+                t.0
+            ),
+        })
     }
 
     /// Blocks until the batch has completed and returns its report.
     pub fn wait(&mut self, t: Ticket) -> Result<BatchReport> {
-        let value = self
-            .batches
-            .get(&t.0)
-            .map(|b| b.last_value)
-            .ok_or_else(|| Error::Config {
-                setting: "ticket",
-                msg: format!("no batch {} pending in this queue (already redeemed?)", t.0),
-            })?;
+        let value = self.pending(t)?.last_value;
         self.wait_value(value)?;
         Ok(self.poll(t)?.expect("its value was reached"))
     }
@@ -413,20 +436,16 @@ impl ReadQueue {
     }
 
     /// Frees what completed submissions held, after checking that the
-    /// device read the files' bytes (a request whose file changed fails).
-    fn reclaim(&mut self) -> Result<()> {
+    /// device read the files' bytes (a request whose file changed fails:
+    /// recorded in `late_errors`, whether or not its batch is registered
+    /// yet). Returns the completed value it reclaimed up to.
+    fn reclaim(&mut self) -> Result<u64> {
         let done = self.completed()?;
         while self.in_flight.front().is_some_and(|f| f.value <= done) {
             let f = self.in_flight.pop_front().expect("checked");
             for h in f.held {
                 if let Err(e) = h.check() {
-                    if let Some(r) = self
-                        .batches
-                        .get_mut(&h.batch)
-                        .and_then(|b| b.reports.get_mut(h.request))
-                    {
-                        r.error.get_or_insert_with(|| e.to_string());
-                    }
+                    self.late_errors.push((h.batch, h.request, e.to_string()));
                 }
             }
             // SAFETY: the submission that used it has completed.
@@ -437,7 +456,7 @@ impl ReadQueue {
                     .free_command_buffers(self.pool, &[f.cmd])
             };
         }
-        Ok(())
+        Ok(done)
     }
 
     fn held_count(&self) -> usize {
@@ -628,25 +647,14 @@ impl ReadQueue {
                 }
                 Some(k) => match self.visible(&file, off, n, k, &mut lease) {
                     Ok(p) => p,
-                    Err(e)
-                        if self.opts.path == PathChoice::Auto
-                            && k != PathKind::Upload
-                            && !matches!(e, Error::FileChanged { .. }) =>
-                    {
+                    Err(e) => {
                         // A later piece the chosen path cannot serve: the
                         // rest of the request goes through upload.
-                        let u = reason_for(k, e);
-                        report.fallbacks.push(Fallback {
-                            from: k,
-                            to: PathKind::Upload,
-                            code: u.code,
-                            reason: u.reason,
-                            file: Some(name.clone()),
-                        });
+                        let fb = fall_back_mid_file(self.opts.path, k, e, &r.file)?;
+                        report.fallbacks.push(fb);
                         path = Some(PathKind::Upload);
                         self.visible(&file, off, n, PathKind::Upload, &mut lease)?
                     }
-                    Err(e) => return Err(e),
                 },
             };
             report.path = path;
@@ -681,18 +689,12 @@ impl ReadQueue {
                 read_parallel(f, off, &mut bytes[..n as usize])?;
                 // A write racing the read would tear it.
                 f.check_unchanged()?;
-                if let Some(r) = self.recording.as_mut() {
-                    r.staging.push(i);
-                } else {
-                    self.recording()?;
-                    self.recording.as_mut().expect("begun").staging.push(i);
-                }
+                self.recording()?;
+                self.recording.as_mut().expect("begun").staging.push(i);
                 Ok((Piece::Staging(i), n))
             }
             k => {
-                if let Some(u) = self.gpu.unavailable(k) {
-                    return Err(u.into());
-                }
+                // import_range says why `k` is unavailable, if it is.
                 self.make_room_for_import()?;
                 let skew = off % PAGE_SIZE;
                 let imported = import_range(&self.gpu, f, off - skew, skew + n, k, false, lease)?;
@@ -734,36 +736,15 @@ impl ReadQueue {
             }
             Piece::Import { imported, skew } => {
                 let src = imported.buffer.buffer;
-                let acquire = external_ownership(
-                    dev.queue_family,
-                    &[src],
-                    true,
-                    vk::AccessFlags::TRANSFER_READ,
-                );
-                let release =
-                    external_ownership(dev.queue_family, &[src], false, vk::AccessFlags::empty());
+                let (fam, transfer) = (dev.queue_family, vk::PipelineStageFlags::TRANSFER);
                 // SAFETY: recording; the import is held until the
                 // submission completes; the ranges were checked.
                 unsafe {
-                    d.cmd_pipeline_barrier(
-                        cmd,
-                        vk::PipelineStageFlags::TOP_OF_PIPE,
-                        vk::PipelineStageFlags::TRANSFER,
-                        vk::DependencyFlags::empty(),
-                        &[],
-                        &acquire,
-                        &[],
-                    );
+                    let read = vk::AccessFlags::TRANSFER_READ;
+                    cmd_external_ownership(d, cmd, fam, &[src], true, transfer, read);
                     d.cmd_copy_buffer(cmd, src, dst.buffer, &region(skew));
-                    d.cmd_pipeline_barrier(
-                        cmd,
-                        vk::PipelineStageFlags::TRANSFER,
-                        vk::PipelineStageFlags::BOTTOM_OF_PIPE,
-                        vk::DependencyFlags::empty(),
-                        &[],
-                        &release,
-                        &[],
-                    );
+                    let none = vk::AccessFlags::empty();
+                    cmd_external_ownership(d, cmd, fam, &[src], false, transfer, none);
                 }
                 if let Some(b) = imported.buffer.module_dmabuf() {
                     report.backing = b.backing();

@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::gpu::memory::{Buffer, DmaBufSource};
 use crate::gpu::Gpu;
 use crate::hostmap::ReadLease;
-use crate::import::{choose, external_ownership, import_range};
+use crate::import::{choose, cmd_external_ownership, import_range};
 use crate::kmod::{dma_buf_sync, sync, Backing, Module, Status};
 use crate::path::{Fallback, PathChoice, PathKind, SYSTEM_HEAP};
 use crate::source::SourceFile;
@@ -211,24 +211,8 @@ impl Region {
         dst_stage: vk::PipelineStageFlags,
         dst_access: vk::AccessFlags,
     ) {
-        let b = self.buffer();
-        let barriers = if b.is_imported() {
-            external_ownership(b.dev().queue_family, &[b.buffer], true, dst_access)
-        } else {
-            vec![]
-        };
         // SAFETY: per the caller.
-        unsafe {
-            b.dev().device.cmd_pipeline_barrier(
-                cmd,
-                vk::PipelineStageFlags::TOP_OF_PIPE,
-                dst_stage,
-                vk::DependencyFlags::empty(),
-                &[],
-                &barriers,
-                &[],
-            )
-        };
+        unsafe { self.cmd_ownership(cmd, true, dst_stage, dst_access) }
     }
 
     /// Records the matching release back to the external queue family
@@ -242,24 +226,31 @@ impl Region {
         src_stage: vk::PipelineStageFlags,
         src_access: vk::AccessFlags,
     ) {
-        let b = self.buffer();
-        let barriers = if b.is_imported() {
-            external_ownership(b.dev().queue_family, &[b.buffer], false, src_access)
-        } else {
-            vec![]
-        };
         // SAFETY: per the caller.
-        unsafe {
-            b.dev().device.cmd_pipeline_barrier(
-                cmd,
-                src_stage,
-                vk::PipelineStageFlags::BOTTOM_OF_PIPE,
-                vk::DependencyFlags::empty(),
-                &[],
-                &barriers,
-                &[],
-            )
+        unsafe { self.cmd_ownership(cmd, false, src_stage, src_access) }
+    }
+
+    /// The ownership barrier of [`Region::cmd_acquire`] and
+    /// [`Region::cmd_release`].
+    ///
+    /// # Safety
+    /// As for [`Region::cmd_acquire`].
+    unsafe fn cmd_ownership(
+        &self,
+        cmd: vk::CommandBuffer,
+        acquire: bool,
+        stage: vk::PipelineStageFlags,
+        access: vk::AccessFlags,
+    ) {
+        let b = self.buffer();
+        let imported: &[vk::Buffer] = if b.is_imported() {
+            std::slice::from_ref(&b.buffer)
+        } else {
+            &[]
         };
+        let (d, family) = (&b.dev().device, b.dev().queue_family);
+        // SAFETY: per the caller.
+        unsafe { cmd_external_ownership(d, cmd, family, imported, acquire, stage, access) };
     }
 
     pub(crate) fn buffer(&self) -> &Buffer {

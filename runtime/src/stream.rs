@@ -20,7 +20,7 @@ use crate::gpu::kernels::Kernels;
 use crate::gpu::memory::{Buffer, DmaBufSource, Placement};
 use crate::gpu::Gpu;
 use crate::hostmap::{HostMapping, ReadLease};
-use crate::import::{external_ownership, reason_for};
+use crate::import::{cmd_external_ownership, fall_back_mid_file};
 use crate::kmod::{Backing, DmaBuf, Module};
 use crate::path::{Fallback, PathChoice, PathKind, Unavailable};
 use crate::probe::{kernel_side, lease_for_host, open_module, open_system_heap, unmappable};
@@ -539,25 +539,11 @@ impl Streamer {
                 self.complete(s, files, leases, &mut st)?;
                 check_lease(f, &leases[fi])?;
                 let t = Instant::now();
-                match self.fill(s, f, off, n, path, &mut st) {
-                    Ok(()) => {}
-                    Err(e)
-                        if self.cfg.path == PathChoice::Auto
-                            && path != PathKind::Upload
-                            && !matches!(e, Error::FileChanged { .. }) =>
-                    {
-                        let u = reason_for(path, e);
-                        st.fallbacks.push(Fallback {
-                            from: path,
-                            to: PathKind::Upload,
-                            code: u.code,
-                            reason: u.reason,
-                            file: Some(f.path().display().to_string()),
-                        });
-                        path = PathKind::Upload;
-                        self.fill(s, f, off, n, path, &mut st)?;
-                    }
-                    Err(e) => return Err(e),
+                if let Err(e) = self.fill(s, f, off, n, path, &mut st) {
+                    st.fallbacks
+                        .push(fall_back_mid_file(self.cfg.path, path, e, f.path())?);
+                    path = PathKind::Upload;
+                    self.fill(s, f, off, n, path, &mut st)?;
                 }
                 st.phases.fill += t.elapsed().as_secs_f64();
                 *st.file_paths[fi].entry(path).or_insert(0) += n;
@@ -794,23 +780,13 @@ impl Streamer {
             if b.is_imported() {
                 // Imported memory belongs to the external queue family
                 // until acquired (released back after the shader, below).
-                let acquire = external_ownership(
-                    dev.queue_family,
-                    &[b.buffer],
-                    true,
+                let (stage, read) = (
+                    vk::PipelineStageFlags::COMPUTE_SHADER,
                     vk::AccessFlags::SHADER_READ,
                 );
                 // SAFETY: recording; the buffer is the slot's live import.
                 unsafe {
-                    d.cmd_pipeline_barrier(
-                        cmd,
-                        vk::PipelineStageFlags::TOP_OF_PIPE,
-                        vk::PipelineStageFlags::COMPUTE_SHADER,
-                        vk::DependencyFlags::empty(),
-                        &[],
-                        &acquire,
-                        &[],
-                    )
+                    cmd_external_ownership(d, cmd, dev.queue_family, &[b.buffer], true, stage, read)
                 };
             }
             b.buffer
@@ -905,23 +881,13 @@ impl Streamer {
         }
         if let Some(b) = slot.input.as_ref().filter(|b| b.is_imported()) {
             // Back to the external family: the shader only read it.
-            let release = external_ownership(
-                dev.queue_family,
-                &[b.buffer],
-                false,
+            let (stage, none) = (
+                vk::PipelineStageFlags::COMPUTE_SHADER,
                 vk::AccessFlags::empty(),
             );
             // SAFETY: recording; the import lives until complete() waited.
             unsafe {
-                d.cmd_pipeline_barrier(
-                    cmd,
-                    vk::PipelineStageFlags::COMPUTE_SHADER,
-                    vk::PipelineStageFlags::BOTTOM_OF_PIPE,
-                    vk::DependencyFlags::empty(),
-                    &[],
-                    &release,
-                    &[],
-                )
+                cmd_external_ownership(d, cmd, dev.queue_family, &[b.buffer], false, stage, none)
             };
         }
         let value = self.next_value + 1;

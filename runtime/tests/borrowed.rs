@@ -231,3 +231,31 @@ fn a_regions_raw_buffer_in_the_apps_own_copy() {
     }
     app.still_works();
 }
+
+/// One queue lent twice (two libraries, or one lent again) has one lock:
+/// while one `Gpu`'s guard is held, the other's lock_queue waits.
+#[test]
+fn a_queue_lent_twice_has_one_lock() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let app = App::new(true);
+    {
+        let (g1, g2) = (app.lend(), app.lend());
+        let taken = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let l1 = g1.lock_queue().unwrap();
+            let h = s.spawn(|| {
+                let _l2 = g2.lock_queue().unwrap();
+                taken.store(true, Ordering::SeqCst);
+            });
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            assert!(
+                !taken.load(Ordering::SeqCst),
+                "the second Gpu locked the queue the first holds"
+            );
+            drop(l1);
+            h.join().unwrap();
+            assert!(taken.load(Ordering::SeqCst));
+        });
+    }
+    app.still_works();
+}

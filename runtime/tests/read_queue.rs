@@ -422,3 +422,107 @@ fn dropping_the_queue_with_work_in_flight() {
     }
     app.still_works();
 }
+
+/// The app stalls its own queue (a submission that waits on a semaphore it
+/// signals later, as Vulkan allows); returns that semaphore.
+fn stall_queue(app: &App, g: &Gpu) -> ash::vk::Semaphore {
+    use ash::vk;
+    let block = app.timeline();
+    let sems = [block];
+    let vals = [1u64];
+    let stages = [vk::PipelineStageFlags::ALL_COMMANDS];
+    let mut tsi = vk::TimelineSemaphoreSubmitInfo::default().wait_semaphore_values(&vals);
+    let si = [vk::SubmitInfo::default()
+        .wait_semaphores(&sems)
+        .wait_dst_stage_mask(&stages)
+        .push_next(&mut tsi)];
+    let q = g.lock_queue().unwrap();
+    // SAFETY: the app's own submission, under the queue's lock.
+    unsafe { app.device.queue_submit(q.queue(), &si, vk::Fence::null()) }.unwrap();
+    block
+}
+
+/// The same event as `a_file_truncated_in_flight_fails_that_request`, but
+/// found while submit() itself waits for room (one import in flight):
+/// a.bin's copy is held behind the app's stalled queue while submit()
+/// waits to import b.bin, another process truncates a.bin (breaking its
+/// lease), then the app lets its queue go. The failure must reach a.bin's
+/// report (it was lost when found before the batch was registered).
+#[test]
+fn a_change_found_while_submit_waits_still_fails_that_request() {
+    let _serial = serial();
+    let app = App::new(true);
+    let dir = TempDir::new("rq-late");
+    let a = dir.path("a.bin");
+    let b = dir.path("b.bin");
+    std::fs::write(&a, data(300_000, 6)).unwrap();
+    std::fs::write(&b, data(300_000, 7)).unwrap();
+    {
+        let g = app.lend();
+        let out = app.buffer(600_000, false);
+        let mut q = ReadQueue::new(
+            &g,
+            ReadQueueOptions {
+                path: PathChoice::Only(PathKind::Host),
+                max_imports_in_flight: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let block = stall_queue(&app, &g);
+        let d = dst(&out);
+        let reqs = vec![req(&a, 0, 300_000, d, 0), req(&b, 0, 300_000, d, 300_000)];
+        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&a).unwrap());
+        let b_open = || {
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .any(|e| std::fs::read_link(e.unwrap().path()).is_ok_and(|t| t == b))
+        };
+        let breaking = || {
+            std::fs::read_to_string("/proc/locks")
+                .unwrap()
+                .lines()
+                .any(|l| l.contains("BREAKING") && l.contains(&format!(":{ino} ")))
+        };
+        let (report, mut child) = std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                // submit() has opened b.bin: it waits for a.bin's copy,
+                // which waits behind the app's stall.
+                while !b_open() {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                let child = std::process::Command::new("python3")
+                    .args(["-c", "import os, sys; os.truncate(sys.argv[1], 1000)"])
+                    .arg(&a)
+                    .spawn()
+                    .unwrap();
+                while !breaking() {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                let si = ash::vk::SemaphoreSignalInfo::default()
+                    .semaphore(block)
+                    .value(1);
+                // SAFETY: the app's own semaphore.
+                unsafe { app.device.signal_semaphore(&si) }.unwrap();
+                child
+            });
+            // SAFETY: as in lands().
+            let t = unsafe { q.submit(&reqs, None) }.unwrap();
+            let r = q.wait(t).unwrap();
+            (r, h.join().unwrap())
+        });
+        drop(q);
+        assert!(child.wait().unwrap().success());
+        let e = report.requests[0].error.as_deref().unwrap_or("");
+        assert!(
+            e.contains("read lease was broken"),
+            "{:?}",
+            report.requests[0]
+        );
+        assert!(report.requests[1].ok(), "{:?}", report.requests[1]);
+        app.destroy(out);
+        // SAFETY: idle.
+        unsafe { app.device.destroy_semaphore(block, None) };
+    }
+    app.still_works();
+}

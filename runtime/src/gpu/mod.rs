@@ -111,7 +111,8 @@ pub(crate) struct DeviceShared {
     owned: bool,
     pub instance: ash::Instance,
     pub device: ash::Device,
-    pub queue: Mutex<vk::Queue>,
+    /// Shared by every `Gpu` on this queue in the process ([`queue_lock`]).
+    pub queue: Arc<Mutex<vk::Queue>>,
     pub queue_family: u32,
     pub host_ext: Option<ash::ext::external_memory_host::Device>,
     /// VK_KHR_external_memory_fd, loaded when dma-buf import is enabled.
@@ -140,6 +141,28 @@ impl DeviceShared {
         // SAFETY: per the caller; queue access is serialised by the lock.
         unsafe { self.device.queue_submit(*q, si, fence) }.vk("vkQueueSubmit")
     }
+}
+
+/// The lock of `queue` of `device`, one per queue in the process: two
+/// `Gpu`s lent the same queue (two libraries, or one lent twice) serialize
+/// their submissions on it, as Vulkan requires.
+fn queue_lock(device: vk::Device, queue: vk::Queue) -> Arc<Mutex<vk::Queue>> {
+    use ash::vk::Handle;
+    type Locks = Vec<((u64, u64), std::sync::Weak<Mutex<vk::Queue>>)>;
+    static LOCKS: Mutex<Locks> = Mutex::new(Vec::new());
+    let key = (device.as_raw(), queue.as_raw());
+    let mut locks = LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    locks.retain(|(_, w)| w.strong_count() > 0);
+    if let Some(l) = locks
+        .iter()
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, w)| w.upgrade())
+    {
+        return l;
+    }
+    let l = Arc::new(Mutex::new(queue));
+    locks.push((key, Arc::downgrade(&l)));
+    l
 }
 
 /// What `open_device` made, handed to `DeviceShared` by `Gpu::open`.
@@ -363,13 +386,14 @@ impl Gpu {
             Ok(o) => {
                 // SAFETY: queue family `queue_family` with one queue was requested.
                 let queue = unsafe { o.device.get_device_queue(o.queue_family, 0) };
+                let queue = queue_lock(o.device.handle(), queue);
                 Ok(Gpu {
                     shared: Arc::new(DeviceShared {
                         _entry: entry,
                         owned: true,
                         instance,
                         device: o.device,
-                        queue: Mutex::new(queue),
+                        queue,
                         queue_family: o.queue_family,
                         host_ext: o.host_ext,
                         fd_ext: o.fd_ext,
@@ -576,7 +600,8 @@ fn path_extensions(kind: PathKind) -> Vec<&'static CStr> {
 ///
 /// # Safety
 /// `physical_device` must have been enumerated from `instance`, which must
-/// have been created with an `apiVersion` of Vulkan 1.1 or later.
+/// have been created with an `apiVersion` of Vulkan 1.2 or later (the
+/// properties and features asked for are 1.2 structures).
 pub unsafe fn device_requirements(
     instance: &ash::Instance,
     physical_device: vk::PhysicalDevice,
@@ -650,7 +675,8 @@ impl Gpu {
     ///   `get_instance_proc_addr` the loader's that made the instance, and
     ///   the device created with the extensions in `enabled_extensions`,
     ///   the `timelineSemaphore` feature if `timeline_semaphore`, and a
-    ///   queue `queue_index` of `queue_family`.
+    ///   queue `queue_index` of `queue_family` created with no flags
+    ///   (dmafile gets it with `vkGetDeviceQueue`).
     /// - Ownership: the application keeps owning the instance, the device
     ///   and the queue. dmafile destroys only the objects it creates on
     ///   them, each when the Rust value that holds it drops. The
@@ -730,6 +756,7 @@ impl Gpu {
             .then(|| ash::khr::external_memory_fd::Device::new(&instance, &device));
         // SAFETY: the device was created with this queue (caller).
         let queue = unsafe { device.get_device_queue(b.queue_family, b.queue_index) };
+        let queue = queue_lock(device.handle(), queue);
         // SAFETY: the physical device is valid.
         let mem_props =
             unsafe { instance.get_physical_device_memory_properties(b.physical_device) };
@@ -739,7 +766,7 @@ impl Gpu {
                 owned: false,
                 instance,
                 device,
-                queue: Mutex::new(queue),
+                queue,
                 queue_family: b.queue_family,
                 host_ext,
                 fd_ext,
