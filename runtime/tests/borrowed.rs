@@ -119,22 +119,12 @@ fn borrowed_device_without_the_import_extensions_falls_back_with_the_reason() {
 #[test]
 fn a_borrowed_device_must_have_timelines_and_a_compute_queue() {
     let app = App::new(true);
-    let lend = |timeline: bool, family: u32| {
-        // SAFETY: as in App::lend; only the declared facts vary, and
-        // from_raw refuses before using anything they would make wrong.
-        unsafe {
-            Gpu::from_raw(BorrowedDevice {
-                get_instance_proc_addr: app.entry.static_fn().get_instance_proc_addr,
-                instance: app.instance.handle(),
-                instance_api_version: vk::API_VERSION_1_2,
-                physical_device: app.pd,
-                device: app.device.handle(),
-                queue_family: family,
-                queue_index: 0,
-                enabled_extensions: &app.exts,
-                timeline_semaphore: timeline,
-            })
-        }
+    let lend = |timeline_semaphore: bool, queue_family: u32| {
+        app.lend_as(BorrowedDevice {
+            timeline_semaphore,
+            queue_family,
+            ..app.borrowed()
+        })
     };
     let e = lend(false, app.family).err().expect("no timelines refused");
     assert!(e.to_string().contains("timelineSemaphore"), "{e}");
@@ -167,59 +157,21 @@ fn a_regions_raw_buffer_in_the_apps_own_copy() {
             assert_eq!((raw.skew, raw.len), (off % 4096, len));
             assert_eq!(raw.imported, path != PathKind::Upload);
             let out = app.buffer(len.next_multiple_of(4), false);
-            let d = &app.device;
+            assert_eq!(g.queue_family(), app.family);
+            let region = [vk::BufferCopy::default().src_offset(raw.skew).size(len)];
             // SAFETY: the app's command buffer on the Gpu's queue family,
-            // waited for before the region and buffer go.
-            unsafe {
-                let pool = d
-                    .create_command_pool(
-                        &vk::CommandPoolCreateInfo::default().queue_family_index(g.queue_family()),
-                        None,
-                    )
-                    .unwrap();
-                let cb = d
-                    .allocate_command_buffers(
-                        &vk::CommandBufferAllocateInfo::default()
-                            .command_pool(pool)
-                            .command_buffer_count(1),
-                    )
-                    .unwrap()[0];
-                d.begin_command_buffer(cb, &vk::CommandBufferBeginInfo::default())
-                    .unwrap();
-                r.cmd_acquire(
-                    cb,
+            // submitted under its queue lock and waited for before the
+            // region and buffer go.
+            app.run(Some(&g), |cb| unsafe {
+                let (transfer, read) = (
                     vk::PipelineStageFlags::TRANSFER,
                     vk::AccessFlags::TRANSFER_READ,
                 );
-                d.cmd_copy_buffer(
-                    cb,
-                    raw.buffer,
-                    out.buffer,
-                    &[vk::BufferCopy::default().src_offset(raw.skew).size(len)],
-                );
-                r.cmd_release(
-                    cb,
-                    vk::PipelineStageFlags::TRANSFER,
-                    vk::AccessFlags::empty(),
-                );
-                d.end_command_buffer(cb).unwrap();
-                let fence = d
-                    .create_fence(&vk::FenceCreateInfo::default(), None)
-                    .unwrap();
-                let cbs = [cb];
-                {
-                    let q = g.lock_queue().unwrap();
-                    d.queue_submit(
-                        q.queue(),
-                        &[vk::SubmitInfo::default().command_buffers(&cbs)],
-                        fence,
-                    )
-                    .unwrap();
-                }
-                d.wait_for_fences(&[fence], true, u64::MAX).unwrap();
-                d.destroy_fence(fence, None);
-                d.destroy_command_pool(pool, None);
-            }
+                r.cmd_acquire(cb, transfer, read);
+                app.device
+                    .cmd_copy_buffer(cb, raw.buffer, out.buffer, &region);
+                r.cmd_release(cb, transfer, vk::AccessFlags::empty());
+            });
             let got = app.read_back(&out);
             assert!(
                 got[..len as usize] == bytes[off as usize..(off + len) as usize],

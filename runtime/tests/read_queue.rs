@@ -61,6 +61,19 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Submits under the contract these tests keep: every destination is a
+/// TRANSFER_DST buffer of the app's, untouched until the batch is waited
+/// for and destroyed after; `signal` is an app timeline at a new value.
+fn submit(
+    q: &mut ReadQueue,
+    reqs: &[ReadRequest],
+    signal: Option<(ash::vk::Semaphore, u64)>,
+) -> dmafile::Result<dmafile::Ticket> {
+    let signal = signal.map(|(semaphore, value)| TimelineSignal { semaphore, value });
+    // SAFETY: per the above.
+    unsafe { q.submit(reqs, signal) }
+}
+
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
@@ -92,18 +105,7 @@ fn lands(app: &App, g: &Gpu, path: PathChoice) -> dmafile::BatchReport {
         reqs.push(req(p, 5, n, dst(&out), at));
         at += n + 3;
     }
-    // SAFETY: `out` is the app's TRANSFER_DST buffer, untouched until the
-    // semaphore reaches 1, destroyed after.
-    let t = unsafe {
-        q.submit(
-            &reqs,
-            Some(TimelineSignal {
-                semaphore: sem,
-                value: 1,
-            }),
-        )
-    }
-    .unwrap();
+    let t = submit(&mut q, &reqs, Some((sem, 1))).unwrap();
     // The app waits on its own semaphore, not on dmafile.
     assert!(
         app.wait(sem, 1, 60),
@@ -197,17 +199,7 @@ fn bad_batches_are_refused_whole_and_nothing_is_signalled() {
             (vec![req(&p, u64::MAX, 2, d, 0)], "overflows"),
         ];
         for (reqs, want) in cases {
-            // SAFETY: as in lands().
-            let e = unsafe {
-                q.submit(
-                    &reqs,
-                    Some(TimelineSignal {
-                        semaphore: sem,
-                        value: 1,
-                    }),
-                )
-            }
-            .expect_err(want);
+            let e = submit(&mut q, &reqs, Some((sem, 1))).expect_err(want);
             let msg = e.to_string();
             assert!(
                 msg.contains(want) && msg.contains("nothing was submitted"),
@@ -246,17 +238,7 @@ fn a_short_or_missing_file_fails_its_request_alone() {
             req(&missing, 0, 10, d, 70_000),
             req(&good, 1, 49_999, d, 100_000),
         ];
-        // SAFETY: as in lands().
-        let t = unsafe {
-            q.submit(
-                &reqs,
-                Some(TimelineSignal {
-                    semaphore: sem,
-                    value: 7,
-                }),
-            )
-        }
-        .unwrap();
+        let t = submit(&mut q, &reqs, Some((sem, 7))).unwrap();
         let r = q.wait(t).unwrap();
         // (Signals of one submission are not observed at one instant:
         // the app waits on its own semaphore.)
@@ -298,8 +280,7 @@ fn a_file_truncated_in_flight_fails_that_request() {
         let mut q = ReadQueue::new(&g, ReadQueueOptions::default()).unwrap();
         let d = dst(&out);
         let reqs = vec![req(&a, 0, 300_000, d, 0), req(&b, 0, 300_000, d, 300_000)];
-        // SAFETY: as in lands().
-        let t = unsafe { q.submit(&reqs, None) }.unwrap();
+        let t = submit(&mut q, &reqs, None).unwrap();
         // Another process truncates a.bin: its open blocks on the lease
         // until the queue lets go of it.
         // (truncate(1) opens with O_NONBLOCK and gives up at once; the
@@ -370,8 +351,7 @@ fn many_small_files_hold_few_descriptors() {
                 r
             })
             .collect();
-        // SAFETY: as in lands().
-        let t = unsafe { q.submit(&reqs, None) }.unwrap();
+        let t = submit(&mut q, &reqs, None).unwrap();
         let r = q.wait(t).unwrap();
         assert!(r.ok(), "{:?}", r.requests.iter().find(|q| !q.ok()));
         let got = app.read_back(&out);
@@ -402,17 +382,7 @@ fn dropping_the_queue_with_work_in_flight() {
         let out = app.buffer(2 << 20, false);
         let sem = app.timeline();
         let mut q = ReadQueue::new(&g, ReadQueueOptions::default()).unwrap();
-        // SAFETY: as in lands().
-        unsafe {
-            q.submit(
-                &[req(&p, 0, 2 << 20, dst(&out), 0)],
-                Some(TimelineSignal {
-                    semaphore: sem,
-                    value: 3,
-                }),
-            )
-        }
-        .unwrap();
+        submit(&mut q, &[req(&p, 0, 2 << 20, dst(&out), 0)], Some((sem, 3))).unwrap();
         drop(q);
         assert!(app.wait(sem, 3, 10), "the batch was never signalled");
         assert_eq!(open_fds(), fds);
@@ -506,8 +476,7 @@ fn a_change_found_while_submit_waits_still_fails_that_request() {
                 unsafe { app.device.signal_semaphore(&si) }.unwrap();
                 child
             });
-            // SAFETY: as in lands().
-            let t = unsafe { q.submit(&reqs, None) }.unwrap();
+            let t = submit(&mut q, &reqs, None).unwrap();
             let r = q.wait(t).unwrap();
             (r, h.join().unwrap())
         });

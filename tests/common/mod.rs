@@ -46,3 +46,47 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A safetensors file: the 8-byte header length, `header`, `data` zeros.
+fn safetensors_of(header: &[u8], data: usize) -> Vec<u8> {
+    [
+        (header.len() as u64).to_le_bytes().to_vec(),
+        header.to_vec(),
+        vec![0; data],
+    ]
+    .concat()
+}
+
+/// Malformed safetensors files, each with the words a reader of the
+/// samples' header parser must say about it: (name, bytes, message).
+pub fn bad_safetensors() -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    vec![
+        (
+            "short",
+            vec![1, 2, 3],
+            "shorter than the 8-byte header length",
+        ),
+        (
+            "huge-header",
+            [u64::MAX.to_le_bytes().to_vec(), vec![0; 8]].concat(),
+            "does not fit the file",
+        ),
+        ("not-json", safetensors_of(b"hello", 0), "not a JSON object"),
+        (
+            "outside",
+            safetensors_of(
+                br#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
+                8,
+            ),
+            "outside the file",
+        ),
+        (
+            "wrong-size",
+            safetensors_of(
+                br#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}}"#,
+                16,
+            ),
+            "16 bytes for shape [3] of F32 (12 expected)",
+        ),
+    ]
+}

@@ -37,6 +37,22 @@ fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
     Ok(out)
 }
 
+/// `dmafile info --json` run as nobody in a session PAM opens (runuser),
+/// so that limits.d applies.
+fn info_as_nobody() -> Result<serde_json::Value, String> {
+    let dmafile = sibling("dmafile");
+    let args = [
+        "-u",
+        "nobody",
+        "--",
+        dmafile.to_str().unwrap(),
+        "info",
+        "--json",
+    ];
+    let info = run("runuser", &args)?;
+    serde_json::from_str(&info).map_err(|e| format!("dmafile info --json as nobody: {e}:\n{info}"))
+}
+
 /// What `make -C kmod dkms-install` installed for this kernel goes where
 /// DKMS put it (/lib/modules/KVER, writable here), `modprobe dmafile`
 /// loads it, and it is this version and answers
@@ -137,20 +153,7 @@ fn memlock_limits_d(_c: &Ctx) -> TestResult {
             after == "65536",
             "after limits.d: {after} (before: {before})"
         );
-        let dmafile = sibling("dmafile");
-        let info = run(
-            "runuser",
-            &[
-                "-u",
-                "nobody",
-                "--",
-                dmafile.to_str().unwrap(),
-                "info",
-                "--json",
-            ],
-        )?;
-        let v: serde_json::Value = serde_json::from_str(&info)
-            .map_err(|e| format!("dmafile info --json as nobody: {e}:\n{info}"))?;
+        let v = info_as_nobody()?;
         ensure!(
             v["module"]["memlock_limit"] == 65536u64 * 1024,
             "module: {}",
@@ -199,20 +202,7 @@ fn udev_narrow(c: &Ctx) -> TestResult {
             "after the rule /dev/dmafile is {after:o} gid {gid}, not 0660 gid {} (video)",
             video.gid
         );
-        let dmafile = sibling("dmafile");
-        let info = run(
-            "runuser",
-            &[
-                "-u",
-                "nobody",
-                "--",
-                dmafile.to_str().unwrap(),
-                "info",
-                "--json",
-            ],
-        )?;
-        let v: serde_json::Value = serde_json::from_str(&info)
-            .map_err(|e| format!("dmafile info --json as nobody: {e}:\n{info}"))?;
+        let v = info_as_nobody()?;
         let problems = v["checks"]["problems"]
             .as_array()
             .cloned()

@@ -299,18 +299,12 @@ fn safetensors_direct(c: &Ctx) -> TestResult {
         let f = c.fs(fs)?.join("model.safetensors");
         let o = Command::new(&bin).arg("--generate").arg(&f).output()?;
         ensure!(o.status.success(), "{fs}: generate: {o:?}");
-        let o = Command::new(&bin)
-            .args(["--path", "direct", "--piece", "1048576", "--json"])
-            .arg(&f)
-            .output()?;
-        ensure!(
-            o.status.success(),
-            "{fs}: exit {:?}: {}{}",
-            o.status.code(),
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let r: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+        let r = json_of(
+            fs,
+            Command::new(&bin)
+                .args(["--path", "direct", "--piece", "1048576", "--json"])
+                .arg(&f),
+        )?;
         let t = r["tensors"].as_array().ok_or("no tensors")?;
         ensure!(t.len() == 8, "{fs}: {} tensors", t.len());
         for x in t {
@@ -336,6 +330,19 @@ fn safetensors_direct(c: &Ctx) -> TestResult {
     Ok(())
 }
 
+/// Runs a sample that must succeed on `fs` and returns its JSON.
+fn json_of(fs: &str, cmd: &mut Command) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let o = cmd.output()?;
+    ensure!(
+        o.status.success(),
+        "{fs}: exit {:?}: {}{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Ok(serde_json::from_slice(&o.stdout)?)
+}
+
 /// samples/vk-load, an application with its own Vulkan device, loads a
 /// generated model into its own buffers through the read queue on
 /// `direct`: every tensor's sum from its own shader equals the CPU's, and
@@ -350,18 +357,12 @@ fn vk_load_direct(c: &Ctx) -> TestResult {
             .args(["--mib", "6"])
             .output()?;
         ensure!(o.status.success(), "{fs}: generate: {o:?}");
-        let o = Command::new(&bin)
-            .args(["--path", "direct", "--json"])
-            .arg(&f)
-            .output()?;
-        ensure!(
-            o.status.success(),
-            "{fs}: exit {:?}: {}{}",
-            o.status.code(),
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let r: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+        let r = json_of(
+            fs,
+            Command::new(&bin)
+                .args(["--path", "direct", "--json"])
+                .arg(&f),
+        )?;
         let t = r["tensors"].as_array().ok_or("no tensors")?;
         ensure!(t.len() == 24, "{fs}: {} tensors", t.len());
         for x in t {

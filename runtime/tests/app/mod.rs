@@ -75,61 +75,61 @@ impl App {
     }
 
     pub fn lend(&self) -> Gpu {
+        self.lend_as(self.borrowed()).expect("Gpu::from_raw")
+    }
+
+    /// What this app truly has, to lend (tests vary a field of it).
+    pub fn borrowed(&self) -> BorrowedDevice<'_> {
+        BorrowedDevice {
+            get_instance_proc_addr: self.entry.static_fn().get_instance_proc_addr,
+            instance: self.instance.handle(),
+            instance_api_version: vk::API_VERSION_1_2,
+            physical_device: self.pd,
+            device: self.device.handle(),
+            queue_family: self.family,
+            queue_index: 0,
+            enabled_extensions: &self.exts,
+            timeline_semaphore: true,
+        }
+    }
+
+    /// Lends `b`, this app's device as described (possibly wrongly: from_raw
+    /// refuses a description it can check before using anything).
+    pub fn lend_as(&self, b: BorrowedDevice<'_>) -> dmafile::Result<Gpu> {
         // SAFETY: the handles are this app's, made from one another, with
         // these extensions and timelines; the app destroys its device only
         // after every dmafile value is dropped (end of each test).
-        unsafe {
-            Gpu::from_raw(BorrowedDevice {
-                get_instance_proc_addr: self.entry.static_fn().get_instance_proc_addr,
-                instance: self.instance.handle(),
-                instance_api_version: vk::API_VERSION_1_2,
-                physical_device: self.pd,
-                device: self.device.handle(),
-                queue_family: self.family,
-                queue_index: 0,
-                enabled_extensions: &self.exts,
-                timeline_semaphore: true,
-            })
-        }
-        .expect("Gpu::from_raw")
+        unsafe { Gpu::from_raw(b) }
     }
 
     /// Uses the device after dmafile is done with it: fills a host-visible
     /// buffer on the GPU and reads it back. A device dmafile had destroyed
     /// would not do this.
     pub fn still_works(&self) {
+        let b = self.buffer(4096, true);
+        // SAFETY: the app's own buffer, filled by its own command.
+        self.run(None, |cb| unsafe {
+            self.device
+                .cmd_fill_buffer(cb, b.buffer, 0, 4096, 0x5eed_f00d)
+        });
+        let words: Vec<u32> = self
+            .host_bytes(&b)
+            .chunks(4)
+            .map(|w| u32::from_le_bytes(w.try_into().unwrap()))
+            .collect();
+        assert!(words.iter().all(|&w| w == 0x5eed_f00d));
+        self.destroy(b);
+    }
+
+    /// Records `record` into a command buffer of the app's, then makes its
+    /// transfers visible to the host, submits it to queue 0 (under `gpu`'s
+    /// queue lock when given, as an app sharing the queue with dmafile
+    /// must) and waits for it.
+    pub fn run(&self, gpu: Option<&Gpu>, record: impl FnOnce(vk::CommandBuffer)) {
         let d = &self.device;
-        // SAFETY: plain use of the app's own valid device; every object is
-        // destroyed before returning, after the fence says the GPU is done.
+        // SAFETY: the app's own objects, destroyed after the fence says
+        // the GPU is done with them.
         unsafe {
-            let buf = d
-                .create_buffer(
-                    &vk::BufferCreateInfo::default()
-                        .size(4096)
-                        .usage(vk::BufferUsageFlags::TRANSFER_DST),
-                    None,
-                )
-                .unwrap();
-            let req = d.get_buffer_memory_requirements(buf);
-            let props = self.instance.get_physical_device_memory_properties(self.pd);
-            let ty = (0..props.memory_type_count)
-                .find(|&i| {
-                    req.memory_type_bits & (1 << i) != 0
-                        && props.memory_types[i as usize].property_flags.contains(
-                            vk::MemoryPropertyFlags::HOST_VISIBLE
-                                | vk::MemoryPropertyFlags::HOST_COHERENT,
-                        )
-                })
-                .unwrap();
-            let mem = d
-                .allocate_memory(
-                    &vk::MemoryAllocateInfo::default()
-                        .allocation_size(req.size)
-                        .memory_type_index(ty),
-                    None,
-                )
-                .unwrap();
-            d.bind_buffer_memory(buf, mem, 0).unwrap();
             let pool = d
                 .create_command_pool(
                     &vk::CommandPoolCreateInfo::default().queue_family_index(self.family),
@@ -145,7 +145,7 @@ impl App {
                 .unwrap()[0];
             d.begin_command_buffer(cb, &vk::CommandBufferBeginInfo::default())
                 .unwrap();
-            d.cmd_fill_buffer(cb, buf, 0, 4096, 0x5eed_f00d);
+            record(cb);
             let barrier = vk::MemoryBarrier::default()
                 .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
                 .dst_access_mask(vk::AccessFlags::HOST_READ);
@@ -162,21 +162,35 @@ impl App {
             let fence = d
                 .create_fence(&vk::FenceCreateInfo::default(), None)
                 .unwrap();
-            let q = d.get_device_queue(self.family, 0);
             let cbs = [cb];
-            d.queue_submit(q, &[vk::SubmitInfo::default().command_buffers(&cbs)], fence)
-                .unwrap();
+            let si = [vk::SubmitInfo::default().command_buffers(&cbs)];
+            match gpu {
+                Some(g) => {
+                    let q = g.lock_queue().unwrap();
+                    d.queue_submit(q.queue(), &si, fence).unwrap();
+                }
+                None => d
+                    .queue_submit(d.get_device_queue(self.family, 0), &si, fence)
+                    .unwrap(),
+            }
             d.wait_for_fences(&[fence], true, u64::MAX).unwrap();
-            let p = d
-                .map_memory(mem, 0, 4096, vk::MemoryMapFlags::empty())
-                .unwrap() as *const u32;
-            let words = std::slice::from_raw_parts(p, 1024);
-            assert!(words.iter().all(|&w| w == 0x5eed_f00d));
-            d.unmap_memory(mem);
             d.destroy_fence(fence, None);
             d.destroy_command_pool(pool, None);
-            d.destroy_buffer(buf, None);
-            d.free_memory(mem, None);
+        }
+    }
+
+    /// The bytes of a host-visible buffer of the app's.
+    pub fn host_bytes(&self, b: &AppBuffer) -> Vec<u8> {
+        assert!(b.host_visible);
+        // SAFETY: host-visible, coherent memory no command is writing.
+        unsafe {
+            let p = self
+                .device
+                .map_memory(b.memory, 0, b.size, vk::MemoryMapFlags::empty())
+                .unwrap() as *const u8;
+            let v = std::slice::from_raw_parts(p, b.size as usize).to_vec();
+            self.device.unmap_memory(b.memory);
+            v
         }
     }
 }
@@ -299,60 +313,13 @@ impl App {
     /// into a host-visible buffer and read there.
     pub fn read_back(&self, b: &AppBuffer) -> Vec<u8> {
         let host = self.buffer(b.size, true);
-        let d = &self.device;
-        // SAFETY: the app's objects; waited for before reading.
-        let out = unsafe {
-            let pool = d
-                .create_command_pool(
-                    &vk::CommandPoolCreateInfo::default().queue_family_index(self.family),
-                    None,
-                )
-                .unwrap();
-            let cb = d
-                .allocate_command_buffers(
-                    &vk::CommandBufferAllocateInfo::default()
-                        .command_pool(pool)
-                        .command_buffer_count(1),
-                )
-                .unwrap()[0];
-            d.begin_command_buffer(cb, &vk::CommandBufferBeginInfo::default())
-                .unwrap();
-            d.cmd_copy_buffer(
-                cb,
-                b.buffer,
-                host.buffer,
-                &[vk::BufferCopy::default().size(b.size)],
-            );
-            let barrier = vk::MemoryBarrier::default()
-                .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-                .dst_access_mask(vk::AccessFlags::HOST_READ);
-            d.cmd_pipeline_barrier(
-                cb,
-                vk::PipelineStageFlags::TRANSFER,
-                vk::PipelineStageFlags::HOST,
-                vk::DependencyFlags::empty(),
-                &[barrier],
-                &[],
-                &[],
-            );
-            d.end_command_buffer(cb).unwrap();
-            let fence = d
-                .create_fence(&vk::FenceCreateInfo::default(), None)
-                .unwrap();
-            let q = d.get_device_queue(self.family, 0);
-            let cbs = [cb];
-            d.queue_submit(q, &[vk::SubmitInfo::default().command_buffers(&cbs)], fence)
-                .unwrap();
-            d.wait_for_fences(&[fence], true, u64::MAX).unwrap();
-            let p = d
-                .map_memory(host.memory, 0, b.size, vk::MemoryMapFlags::empty())
-                .unwrap() as *const u8;
-            let v = std::slice::from_raw_parts(p, b.size as usize).to_vec();
-            d.unmap_memory(host.memory);
-            d.destroy_fence(fence, None);
-            d.destroy_command_pool(pool, None);
-            v
-        };
+        let region = [vk::BufferCopy::default().size(b.size)];
+        // SAFETY: the app's own buffers.
+        self.run(None, |cb| unsafe {
+            self.device
+                .cmd_copy_buffer(cb, b.buffer, host.buffer, &region)
+        });
+        let out = self.host_bytes(&host);
         self.destroy(host);
         out
     }

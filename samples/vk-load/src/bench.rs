@@ -112,18 +112,8 @@ impl Submitter {
             .map_err(|e| e.to_string())?;
             d.cmd_copy_buffer(cb, src, dst, regions);
             // What the host reads after the fence must be visible to it.
-            let to_host = [vk::MemoryBarrier::default()
-                .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-                .dst_access_mask(vk::AccessFlags::HOST_READ)];
-            d.cmd_pipeline_barrier(
-                cb,
-                vk::PipelineStageFlags::TRANSFER,
-                vk::PipelineStageFlags::HOST,
-                vk::DependencyFlags::empty(),
-                &to_host,
-                &[],
-                &[],
-            );
+            let write = vk::AccessFlags::TRANSFER_WRITE;
+            crate::to_host(d, cb, vk::PipelineStageFlags::TRANSFER, write);
             d.end_command_buffer(cb).map_err(|e| e.to_string())?;
             let cbs = [cb];
             let _q = gpu.lock_queue().map_err(|e| e.to_string())?;
@@ -502,11 +492,7 @@ fn sum_buffer(app: &App, gpu: &Gpu, sub: &Submitter, dst: &Buf, len: u64) -> Res
                 .map_memory(host.memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty())
                 .map_err(|e| e.to_string())? as *const u8;
             let bytes = std::slice::from_raw_parts(p, len as usize);
-            let sum = bytes.chunks(4).fold(0u64, |s, w| {
-                let mut b = [0u8; 4];
-                b[..w.len()].copy_from_slice(w);
-                s.wrapping_add(u32::from_le_bytes(b) as u64)
-            });
+            let sum = crate::sum64(bytes);
             app.device.unmap_memory(host.memory);
             Ok(sum)
         }

@@ -331,6 +331,44 @@ struct Out {
     verified: bool,
 }
 
+/// Records the barrier that makes `access` at `stage` visible to host
+/// reads after the submission's fence.
+///
+/// # Safety
+/// `cb` is a command buffer of `d` in the recording state.
+unsafe fn to_host(
+    d: &ash::Device,
+    cb: vk::CommandBuffer,
+    stage: vk::PipelineStageFlags,
+    access: vk::AccessFlags,
+) {
+    let b = [vk::MemoryBarrier::default()
+        .src_access_mask(access)
+        .dst_access_mask(vk::AccessFlags::HOST_READ)];
+    // SAFETY: per the caller.
+    unsafe {
+        d.cmd_pipeline_barrier(
+            cb,
+            stage,
+            vk::PipelineStageFlags::HOST,
+            vk::DependencyFlags::empty(),
+            &b,
+            &[],
+            &[],
+        )
+    };
+}
+
+/// sum64 of `bytes`: little-endian u32 words mod 2^64, a trailing partial
+/// word zero-padded.
+fn sum64(bytes: &[u8]) -> u64 {
+    bytes.chunks(4).fold(0u64, |s, w| {
+        let mut b = [0u8; 4];
+        b[..w.len()].copy_from_slice(w);
+        s.wrapping_add(u32::from_le_bytes(b) as u64)
+    })
+}
+
 /// The CPU's sum64 of `len` bytes of the file at `offset`: little-endian
 /// u32 words mod 2^64, a trailing partial word zero-padded.
 fn cpu_sum64(path: &Path, offset: u64, len: u64) -> Result<u64, String> {
@@ -343,11 +381,8 @@ fn cpu_sum64(path: &Path, offset: u64, len: u64) -> Result<u64, String> {
         let n = (len - done).min(buf.len() as u64) as usize;
         f.read_exact_at(&mut buf[..n], offset + done)
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        for w in buf[..n].chunks(4) {
-            let mut b = [0u8; 4];
-            b[..w.len()].copy_from_slice(w);
-            sum = sum.wrapping_add(u32::from_le_bytes(b) as u64);
-        }
+        // Pieces are whole words but for the last one.
+        sum = sum.wrapping_add(sum64(&buf[..n]));
         done += n as u64;
     }
     Ok(sum)
@@ -622,18 +657,8 @@ fn load_and_sum(
                     );
                     d.cmd_dispatch(cb, GROUPS, 1, 1);
                 }
-                let to_host = [vk::MemoryBarrier::default()
-                    .src_access_mask(vk::AccessFlags::SHADER_WRITE)
-                    .dst_access_mask(vk::AccessFlags::HOST_READ)];
-                d.cmd_pipeline_barrier(
-                    cb,
-                    vk::PipelineStageFlags::COMPUTE_SHADER,
-                    vk::PipelineStageFlags::HOST,
-                    vk::DependencyFlags::empty(),
-                    &to_host,
-                    &[],
-                    &[],
-                );
+                let shader_write = vk::AccessFlags::SHADER_WRITE;
+                to_host(d, cb, vk::PipelineStageFlags::COMPUTE_SHADER, shader_write);
                 d.end_command_buffer(cb).map_err(|e| e.to_string())?;
                 // Wait for dmafile's signal at the stage of first use.
                 let wait = [timeline];

@@ -104,36 +104,11 @@ fn every_tensor_lands_and_sums_right_on_every_path() {
     }
 }
 
-fn file_of(header: &[u8], data: usize) -> Vec<u8> {
-    [
-        (header.len() as u64).to_le_bytes().to_vec(),
-        header.to_vec(),
-        vec![0; data],
-    ]
-    .concat()
-}
-
 #[test]
 fn bad_files_are_refused_with_the_reason() {
     let dir = TempDir::new("vk-load-bad");
-    let cases: &[(&str, Vec<u8>, &str)] = &[
-        (
-            "short",
-            vec![1, 2, 3],
-            "shorter than the 8-byte header length",
-        ),
-        ("not-json", file_of(b"hello", 0), "not a JSON object"),
-        (
-            "outside",
-            file_of(
-                br#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
-                8,
-            ),
-            "outside the file",
-        ),
-    ];
-    for (name, bytes, want) in cases {
-        let f = dir.file(name, bytes);
+    for (name, bytes, want) in common::bad_safetensors() {
+        let f = dir.file(name, &bytes);
         let o = vk_load(&[], &f);
         assert_eq!(o.status.code(), Some(2), "{name}");
         let err = String::from_utf8_lossy(&o.stderr);
