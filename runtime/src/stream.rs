@@ -341,17 +341,21 @@ impl Streamer {
         // stream opens each again when it reaches it and closes it once
         // its chunks are done, so the number of inputs is not bounded by
         // RLIMIT_NOFILE.
+        // The first ones (as many as can be open at once anyway) stay open
+        // from the check, so that a stream of a few files opens each once.
+        let keep = self.slots.len() + 1;
         let mut checked = Vec::with_capacity(paths.len());
-        for p in paths {
+        let mut files: Vec<Option<SourceFile>> = Vec::with_capacity(paths.len());
+        for (i, p) in paths.iter().enumerate() {
             let f = SourceFile::open(p)?;
             checked.push(Checked {
                 path: f.path().to_path_buf(),
                 ident: f.identity(),
                 len: f.len(),
             });
+            files.push((i < keep).then_some(f));
         }
         let open_s = t0.elapsed().as_secs_f64();
-        let mut files: Vec<Option<SourceFile>> = checked.iter().map(|_| None).collect();
         // Leases are released only after every mapping is gone (see ReadLease).
         let mut leases: Vec<Option<ReadLease>> = checked.iter().map(|_| None).collect();
         let r = self.run_files(&checked, &mut files, &mut leases, progress);
@@ -508,7 +512,10 @@ impl Streamer {
         for fi in 0..checked.len() {
             // Files whose chunks are all done are closed before the next opens.
             self.close_finished(fi, files, leases, &mut st)?;
-            let f = SourceFile::open(&checked[fi].path)?;
+            let f = match files[fi].take() {
+                Some(f) => f,
+                None => SourceFile::open(&checked[fi].path)?,
+            };
             if !matches!(f.content(), Content::Snapshot { .. }) && f.identity() != checked[fi].ident
             {
                 return Err(Error::FileChanged {
