@@ -8,7 +8,7 @@ out=$1 ko=$2 bin=$3
 shift 3
 filters=("$@")
 log() { echo "guest: $*"; }
-# DMAFILE_RACE_MS, DMAFILE_FUZZ_SECS, DMAFILE_FUZZ_SEED from the host (run.sh).
+# DMAFILE_RACE_MS, DMAFILE_FUZZ_SECS, DMAFILE_FUZZ_SEED, DMAFILE_GUEST_STUCK_SECS from the host (run.sh).
 set -a
 # shellcheck disable=SC1091
 [ -f "$out/test.env" ] && . "$out/test.env"

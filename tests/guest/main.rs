@@ -54,10 +54,12 @@ fn main() {
     tests.extend(install_tests::all());
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     let mut failures = Vec::new();
+    let current = watchdog();
     for (name, f) in tests {
         if !filters.is_empty() && !filters.iter().any(|p| name.contains(p.as_str())) {
             continue;
         }
+        *current.lock().unwrap_or_else(|e| e.into_inner()) = Some((name.clone(), Instant::now()));
         let t0 = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| f(&ctx)))
             .unwrap_or_else(|p| {
@@ -92,4 +94,118 @@ fn main() {
     }
     println!("guest: {passed} passed, {failed} failed, {skipped} skipped");
     std::process::exit(if failed == 0 && passed > 0 { 0 } else { 1 });
+}
+
+/// A test still running after this long (DMAFILE_GUEST_STUCK_SECS, 240
+/// by default; the slowest test takes about 100 s under the debug kernel)
+/// is reported while it runs.
+fn stuck_after() -> std::time::Duration {
+    let secs = std::env::var("DMAFILE_GUEST_STUCK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(240);
+    std::time::Duration::from_secs(secs)
+}
+
+/// Watches the running test: one that has run for [`stuck_after`] (a process
+/// blocked in the kernel, a display that never flips) gets its name, the
+/// kernel stacks of this runner's child processes and the end of the
+/// kernel log printed, once, so that a run the guest's timeout ends still
+/// says where it stopped. Returns the slot the runner names each test in.
+fn watchdog() -> std::sync::Arc<std::sync::Mutex<Option<(String, Instant)>>> {
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(None::<(String, Instant)>));
+    let watched = slot.clone();
+    let stuck = stuck_after();
+    std::thread::spawn(move || {
+        let mut reported = String::new();
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(10));
+            let now = watched.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let Some((name, t0)) = now else { continue };
+            if t0.elapsed() < stuck || reported == name {
+                continue;
+            }
+            reported = name.clone();
+            println!(
+                "stuck {name}: still running after {} s",
+                t0.elapsed().as_secs()
+            );
+            for (pid, stack) in child_stacks() {
+                println!("stuck {name}: child {pid} kernel stack:\n{stack}");
+            }
+            match kernel_log_tail(40) {
+                Ok(tail) => {
+                    for l in tail {
+                        println!("stuck {name}: {l}");
+                    }
+                }
+                Err(e) => println!("stuck {name}: /dev/kmsg: {e}"),
+            }
+        }
+    });
+    slot
+}
+
+/// (pid and command, /proc/PID/stack) of every descendant of this process.
+fn child_stacks() -> Vec<(String, String)> {
+    let me = std::process::id().to_string();
+    let mut parents = vec![me];
+    let mut out = vec![];
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    let procs: Vec<(String, String, String)> = dir
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().into_owned();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // pid (comm) state ppid ...
+            let (comm, rest) = stat.rsplit_once(')')?;
+            let ppid = rest.split_whitespace().nth(1)?.to_string();
+            Some((pid, comm.split_once('(')?.1.to_string(), ppid))
+        })
+        .collect();
+    while let Some(parent) = parents.pop() {
+        for (pid, comm, _) in procs.iter().filter(|(_, _, pp)| *pp == parent) {
+            let stack = std::fs::read_to_string(format!("/proc/{pid}/stack")).unwrap_or_default();
+            out.push((format!("{pid} ({comm})"), stack));
+            parents.push(pid.clone());
+        }
+    }
+    out
+}
+
+/// The last `n` records of the kernel log, read from /dev/kmsg without
+/// blocking (one record per read; EAGAIN at the end).
+fn kernel_log_tail(n: usize) -> std::io::Result<Vec<String>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open("/dev/kmsg")?;
+    let mut tail = std::collections::VecDeque::with_capacity(n);
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => {
+                // "prio,seq,usec,flags;message"
+                let rec = String::from_utf8_lossy(&buf[..k]);
+                let msg = rec
+                    .split_once(';')
+                    .map_or(&*rec, |(_, m)| m)
+                    .trim_end()
+                    .to_string();
+                if tail.len() == n {
+                    tail.pop_front();
+                }
+                tail.push_back(msg);
+            }
+            Err(e) if e.raw_os_error() == Some(nix::libc::EPIPE) => continue, // overwritten records
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(tail.into())
 }

@@ -51,7 +51,7 @@ if [ "${DMAFILE_GUEST_KERNEL:-stock}" != debug ]; then
     "$here/scripts/dkms-check.sh" "$GUEST_KVER" "$out/dkms" 2> >(grep -v "^readelf: Warning" >&2)
 fi
 # The tests' own knobs reach the guest through a file it sources.
-env | grep -E '^DMAFILE_(RACE_MS|FUZZ_SECS|FUZZ_SEED)=' >"$out/test.env" || true
+env | grep -E '^DMAFILE_(RACE_MS|FUZZ_SECS|FUZZ_SEED|GUEST_STUCK_SECS)=' >"$out/test.env" || true
 accel=(--disable-kvm)
 [ "${DMAFILE_GUEST_KVM:-0}" = 1 ] && accel=()
 quoted=""
