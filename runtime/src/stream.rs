@@ -20,7 +20,7 @@ use crate::gpu::kernels::Kernels;
 use crate::gpu::memory::{Buffer, DmaBufSource, Placement};
 use crate::gpu::Gpu;
 use crate::hostmap::{HostMapping, ReadLease};
-use crate::import::{cmd_external_ownership, fall_back_mid_file};
+use crate::import::{choose, cmd_external_ownership, fall_back_mid_file};
 use crate::kmod::{Backing, DmaBuf, Module};
 use crate::path::{Fallback, PathChoice, PathKind, Unavailable};
 use crate::probe::{kernel_side, lease_for_host, open_module, open_system_heap, unmappable};
@@ -397,7 +397,6 @@ impl Streamer {
         let _ = unsafe { self.gpu.shared.device.wait_semaphores(&wi, u64::MAX) };
     }
 
-    /// Picks the path for one file, recording what `auto` skipped.
     /// Why `k` cannot serve any file in this stream, if it cannot.
     fn unavailable(&self, k: PathKind) -> Option<Unavailable> {
         self.unavailable.iter().find(|u| u.path == k).cloned()
@@ -441,43 +440,25 @@ impl Streamer {
             }
             None
         };
-        match self.cfg.path {
-            PathChoice::Only(k) => {
-                if let Some(u) = self.unavailable(k).or_else(|| file_reason(k)) {
-                    return Err(u.into());
-                }
-                Ok(k)
+        // The one chooser every consumer uses: a machine-wide reason is
+        // not about this file, so its fallback names none (and is
+        // recorded once per stream).
+        let name = f.path().display().to_string();
+        let (_, k, found) = choose(self.cfg.path, &name, &[], |k| {
+            match self.unavailable(k).or_else(|| file_reason(k)) {
+                Some(u) => Err(u.into()),
+                None => Ok(()),
             }
-            PathChoice::Auto => {
-                let mut skipped = vec![];
-                for k in PathKind::ALL {
-                    if let Some(u) = self.unavailable(k) {
-                        skipped.push((u, false));
-                    } else if let Some(u) = file_reason(k) {
-                        skipped.push((u, true));
-                    } else {
-                        for (u, per_file) in skipped {
-                            let fb = Fallback {
-                                from: u.path,
-                                to: k,
-                                code: u.code,
-                                reason: u.reason,
-                                file: per_file.then(|| f.path().display().to_string()),
-                            };
-                            if !fallbacks.contains(&fb) {
-                                fallbacks.push(fb);
-                            }
-                        }
-                        return Ok(k);
-                    }
-                }
-                // Upload is always available, so this is unreachable in practice.
-                Err(Error::Config {
-                    setting: "path",
-                    msg: "no path can stream this file".into(),
-                })
+        })?;
+        for mut fb in found {
+            if self.unavailable(fb.from).is_some() {
+                fb.file = None;
+            }
+            if !fallbacks.contains(&fb) {
+                fallbacks.push(fb);
             }
         }
+        Ok(k)
     }
 
     fn run_files(
