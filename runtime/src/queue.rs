@@ -84,9 +84,11 @@ pub struct ReadRequest {
     pub dst_offset: u64,
 }
 
-/// A timeline semaphore of the application's and the value to signal it
-/// with when a batch has landed.
-#[derive(Clone, Copy, Debug)]
+/// A timeline semaphore of the application's and a value: the value to
+/// signal it with when a batch has landed, or (in
+/// [`ReadQueue::submit_after`]'s `waits`) the value to wait for before the
+/// batch writes its destinations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TimelineSignal {
     pub semaphore: vk::Semaphore,
     pub value: u64,
@@ -183,29 +185,49 @@ impl Held {
     }
 }
 
+/// When the device is done with something: a value of the queue's own
+/// timeline (what it submitted), or a value of the app's semaphore that
+/// the app's submission of a command buffer the queue recorded into
+/// signals ([`ReadQueue::record`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Done {
+    Own(u64),
+    App(TimelineSignal),
+}
+
 struct InFlight {
-    value: u64,
-    cmd: vk::CommandBuffer,
+    done: Done,
+    /// The queue's own command buffer, freed when done; none for a batch
+    /// recorded into the app's.
+    cmd: Option<vk::CommandBuffer>,
     held: Vec<Held>,
 }
 
 struct Staging {
     buf: Buffer,
-    /// The own-timeline value after which it is free.
-    busy_until: u64,
+    /// When it is free again.
+    busy_until: Done,
 }
 
 struct BatchState {
-    last_value: u64,
+    done: Done,
     reports: Vec<RequestReport>,
     t0: Instant,
 }
 
-/// The commands being recorded for the next submission.
+/// The commands being recorded: into the queue's own command buffer for
+/// its next submission, or into the app's ([`ReadQueue::record`]).
 struct Recording {
     cmd: vk::CommandBuffer,
+    /// Recording into the app's command buffer, which completes at this.
+    app: Option<TimelineSignal>,
     held: Vec<Held>,
     staging: Vec<usize>,
+    /// The staging buffer being filled and the bytes of it used: small
+    /// pieces share one.
+    fill: Option<(usize, u64)>,
+    /// Bytes of copies recorded.
+    bytes: u64,
 }
 
 /// Reads file ranges into the application's buffers on a [`Gpu`] (its own
@@ -229,6 +251,9 @@ pub struct ReadQueue {
     /// request, why), until their batch is redeemed.
     late_errors: Vec<(u64, usize, String)>,
     recording: Option<Recording>,
+    /// The app's semaphores the batch being submitted waits for: every
+    /// submission of the batch waits for them.
+    waits: Vec<TimelineSignal>,
 }
 
 impl ReadQueue {
@@ -274,6 +299,7 @@ impl ReadQueue {
             batches: BTreeMap::new(),
             late_errors: vec![],
             recording: None,
+            waits: vec![],
         };
         let d = &dev.device;
         let pci = vk::CommandPoolCreateInfo::default()
@@ -321,8 +347,184 @@ impl ReadQueue {
         requests: &[ReadRequest],
         signal: Option<TimelineSignal>,
     ) -> Result<Ticket> {
+        // SAFETY: the caller's contract, with no waits.
+        unsafe { self.submit_after(requests, &[], signal) }
+    }
+
+    /// [`ReadQueue::submit`], with the batch's copies waiting on the device
+    /// until each of `waits` (the app's timeline semaphores) reaches its
+    /// value: the app's own work that still reads or writes the
+    /// destinations goes first, without the CPU waiting for it.
+    ///
+    /// # Safety
+    /// As [`ReadQueue::submit`]; and each wait's semaphore is a timeline
+    /// semaphore of the device whose value is signalled by work already
+    /// submitted (or submitted by another thread without waiting for this
+    /// call): when all staging or imports are busy, this call waits for
+    /// the queue's earlier copies, which may sit behind these waits.
+    pub unsafe fn submit_after(
+        &mut self,
+        requests: &[ReadRequest],
+        waits: &[TimelineSignal],
+        signal: Option<TimelineSignal>,
+    ) -> Result<Ticket> {
         check_requests(requests)?;
         self.reclaim()?;
+        self.waits = waits.to_vec();
+        let (batch, reports) = match self.record_batch(requests, None) {
+            Ok(r) => r,
+            Err(e) => {
+                // The device itself failed: nothing the batch submitted
+                // may land after this returns.
+                self.waits.clear();
+                let _ = self.wait_value(self.submitted);
+                let _ = self.reclaim();
+                return Err(e);
+            }
+        };
+        // Always submitted, even with nothing recorded: the app's
+        // semaphore must be signalled.
+        let last_value = self.flush(signal);
+        self.waits.clear();
+        let last_value = last_value?;
+        self.batches.insert(
+            batch,
+            BatchState {
+                done: Done::Own(last_value),
+                reports,
+                t0: Instant::now(),
+            },
+        );
+        Ok(Ticket(batch))
+    }
+
+    /// Records `requests` into the app's command buffer `cmd` instead of
+    /// submitting them: the app submits `cmd` itself, with its own waits
+    /// and signals, and the batch has landed when `completes` (the app's
+    /// timeline semaphore, signalled by that submission after `cmd`
+    /// completes) reaches its value. Requests are checked as in
+    /// [`ReadQueue::submit`]; a request that fails here fails alone, in the
+    /// report [`ReadQueue::poll`] returns once `completes` is reached.
+    ///
+    /// Nothing runs until the app submits, so the batch cannot reuse
+    /// staging or wait for its own imports: a batch whose upload pieces
+    /// need more than `staging_bytes`, or that holds more than
+    /// `max_imports_in_flight` imports, fails the requests that do not fit
+    /// (submit such batches with [`ReadQueue::submit`]). The CPU reads of
+    /// the copy paths happen here; the copies run in `cmd`.
+    ///
+    /// # Safety
+    /// - The destinations as in [`ReadQueue::submit`], until `completes`
+    ///   is reached.
+    /// - `cmd` is a primary command buffer of the `Gpu`'s device in the
+    ///   recording state, outside a render pass, allocated from a pool of
+    ///   the `Gpu`'s queue family. The queue records transfer commands and
+    ///   buffer barriers into it; the app's later commands see the copies
+    ///   after a barrier from `TRANSFER`/`TRANSFER_WRITE` to their use.
+    /// - The app submits `cmd` once, signalling `completes.semaphore` to
+    ///   `completes.value` (or more) no earlier than `cmd` completes; or,
+    ///   if it does not (the recording failed, the app changed its mind),
+    ///   it calls [`ReadQueue::discard`] before dropping the queue.
+    ///   Dropping the queue waits for `completes`.
+    /// - On an error, `cmd` may hold part of the batch: reset or free it;
+    ///   do not submit it.
+    pub unsafe fn record(
+        &mut self,
+        cmd: vk::CommandBuffer,
+        requests: &[ReadRequest],
+        completes: TimelineSignal,
+    ) -> Result<Ticket> {
+        check_requests(requests)?;
+        self.reclaim()?;
+        if self
+            .in_flight
+            .iter()
+            .any(|f| f.done == Done::App(completes))
+        {
+            return Err(Error::Config {
+                setting: "completes",
+                msg: format!(
+                    "value {} of this semaphore already completes another recorded batch: give each batch its own value",
+                    completes.value
+                ),
+            });
+        }
+        self.recording = Some(Recording {
+            cmd,
+            app: Some(completes),
+            held: vec![],
+            staging: vec![],
+            fill: None,
+            bytes: 0,
+        });
+        match self.record_batch(requests, Some(completes)) {
+            Ok((batch, reports)) => {
+                let rec = self.recording.take().expect("recording the app's");
+                for &i in &rec.staging {
+                    self.staging[i].busy_until = Done::App(completes);
+                }
+                self.in_flight.push_back(InFlight {
+                    done: Done::App(completes),
+                    cmd: None,
+                    held: rec.held,
+                });
+                self.batches.insert(
+                    batch,
+                    BatchState {
+                        done: Done::App(completes),
+                        reports,
+                        t0: Instant::now(),
+                    },
+                );
+                Ok(Ticket(batch))
+            }
+            Err(e) => {
+                // The app must not submit `cmd` now: what it would have
+                // read is released here.
+                self.recording = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Forgets a batch recorded with [`ReadQueue::record`] whose command
+    /// buffer the app will never submit, releasing its imports and
+    /// staging.
+    ///
+    /// # Safety
+    /// The command buffer it was recorded into was never submitted, or
+    /// was reset or freed, and will not be submitted.
+    pub unsafe fn discard(&mut self, t: Ticket) -> Result<()> {
+        let done = self.pending(t)?.done;
+        if !matches!(done, Done::App(_)) {
+            return Err(Error::Config {
+                setting: "ticket",
+                msg: format!(
+                    "batch {} was submitted by the queue: it cannot be discarded",
+                    t.0
+                ),
+            });
+        }
+        self.batches.remove(&t.0);
+        self.late_errors.retain(|&(b, _, _)| b != t.0);
+        self.in_flight.retain(|f| f.done != done);
+        for s in &mut self.staging {
+            if s.busy_until == done {
+                s.busy_until = Done::Own(0);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records every request of a new batch into the current recording
+    /// (the app's when `app` is set), flushing the queue's own pieces as
+    /// they are recorded. A request's own failure goes into its report; a
+    /// device failure is the error.
+    fn record_batch(
+        &mut self,
+        requests: &[ReadRequest],
+        app: Option<TimelineSignal>,
+    ) -> Result<(u64, Vec<RequestReport>)> {
         // Numbered across the process, so a ticket only redeems at its queue.
         static NEXT_BATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let batch = NEXT_BATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -343,13 +545,9 @@ impl ReadQueue {
             .collect();
         for (i, r) in requests.iter().enumerate() {
             let t = Instant::now();
-            if let Err(e) = self.record_request(batch, i, r, &mut reports[i]) {
+            if let Err(e) = self.record_request(batch, i, r, &mut reports[i], app.is_some()) {
                 match e {
-                    // The device itself failed: the batch cannot go on.
-                    // Nothing it submitted may land after this returns.
                     Error::Vulkan { .. } | Error::NoVulkan(_) | Error::DeviceUnsuitable { .. } => {
-                        let _ = self.wait_value(self.submitted);
-                        let _ = self.reclaim();
                         self.late_errors.retain(|&(b, _, _)| b != batch);
                         return Err(e);
                     }
@@ -358,43 +556,32 @@ impl ReadQueue {
             }
             reports[i].seconds = t.elapsed().as_secs_f64();
         }
-        // Always submitted, even with nothing recorded: the app's
-        // semaphore must be signalled.
-        let last_value = self.flush(signal)?;
-        self.batches.insert(
-            batch,
-            BatchState {
-                last_value,
-                reports,
-                t0: Instant::now(),
-            },
-        );
-        Ok(Ticket(batch))
+        Ok((batch, reports))
     }
 
     /// The batch's report if it has completed, without blocking.
     pub fn poll(&mut self, t: Ticket) -> Result<Option<BatchReport>> {
-        // Every submission up to `done` has had its checks run.
-        let done = self.reclaim()?;
-        match self.pending(t)? {
-            b if b.last_value <= done => {
-                let mut b = self.batches.remove(&t.0).expect("checked above");
-                self.late_errors.retain(|(batch, i, e)| {
-                    if *batch != t.0 {
-                        return true;
-                    }
-                    if let Some(r) = b.reports.get_mut(*i) {
-                        r.error.get_or_insert_with(|| e.clone());
-                    }
-                    false
-                });
-                Ok(Some(BatchReport {
-                    requests: b.reports,
-                    seconds: b.t0.elapsed().as_secs_f64(),
-                }))
-            }
-            _ => Ok(None),
+        // Seen done before reclaiming, so its checks have run when it is
+        // reported (the semaphores only grow).
+        let ready = self.is_done(self.pending(t)?.done)?;
+        self.reclaim()?;
+        if !ready {
+            return Ok(None);
         }
+        let mut b = self.batches.remove(&t.0).expect("pending above");
+        self.late_errors.retain(|(batch, i, e)| {
+            if *batch != t.0 {
+                return true;
+            }
+            if let Some(r) = b.reports.get_mut(*i) {
+                r.error.get_or_insert_with(|| e.clone());
+            }
+            false
+        });
+        Ok(Some(BatchReport {
+            requests: b.reports,
+            seconds: b.t0.elapsed().as_secs_f64(),
+        }))
     }
 
     /// The batch `t` names, if it is this queue's and not redeemed yet.
@@ -408,10 +595,11 @@ impl ReadQueue {
         })
     }
 
-    /// Blocks until the batch has completed and returns its report.
+    /// Blocks until the batch has completed and returns its report. For a
+    /// recorded batch, until the app's submission signals its semaphore.
     pub fn wait(&mut self, t: Ticket) -> Result<BatchReport> {
-        let value = self.pending(t)?.last_value;
-        self.wait_value(value)?;
+        let done = self.pending(t)?.done;
+        self.wait_done(done)?;
         Ok(self.poll(t)?.expect("its value was reached"))
     }
 
@@ -425,43 +613,82 @@ impl ReadQueue {
             .vk("vkGetSemaphoreCounterValue")
     }
 
+    fn is_done(&self, d: Done) -> Result<bool> {
+        match d {
+            Done::Own(v) => Ok(self.completed()? >= v),
+            // SAFETY: the app vouched for its semaphore (record's contract).
+            Done::App(s) => unsafe { self.dev().device.get_semaphore_counter_value(s.semaphore) }
+                .vk("vkGetSemaphoreCounterValue")
+                .map(|v| v >= s.value),
+        }
+    }
+
     fn wait_value(&self, value: u64) -> Result<()> {
-        let sems = [self.timeline];
+        self.wait_done(Done::Own(value))
+    }
+
+    fn wait_done(&self, d: Done) -> Result<()> {
+        let (sem, value) = match d {
+            Done::Own(v) => (self.timeline, v),
+            Done::App(s) => (s.semaphore, s.value),
+        };
+        let sems = [sem];
         let vals = [value];
         let wi = vk::SemaphoreWaitInfo::default()
             .semaphores(&sems)
             .values(&vals);
-        // SAFETY: our own timeline; `value` was submitted.
+        // SAFETY: our own timeline, `value` submitted; or the app's, which
+        // its submission signals (record's contract).
         unsafe { self.dev().device.wait_semaphores(&wi, u64::MAX) }.vk("vkWaitSemaphores")
     }
 
     /// Frees what completed submissions held, after checking that the
     /// device read the files' bytes (a request whose file changed fails:
     /// recorded in `late_errors`, whether or not its batch is registered
-    /// yet). Returns the completed value it reclaimed up to.
-    fn reclaim(&mut self) -> Result<u64> {
-        let done = self.completed()?;
-        while self.in_flight.front().is_some_and(|f| f.value <= done) {
-            let f = self.in_flight.pop_front().expect("checked");
+    /// yet).
+    fn reclaim(&mut self) -> Result<()> {
+        let mut keep = VecDeque::with_capacity(self.in_flight.len());
+        let mut result = Ok(());
+        while let Some(f) = self.in_flight.pop_front() {
+            match self.is_done(f.done) {
+                Ok(true) => {}
+                Ok(false) => {
+                    keep.push_back(f);
+                    continue;
+                }
+                Err(e) => {
+                    keep.push_back(f);
+                    result = Err(e);
+                    continue;
+                }
+            }
             for h in f.held {
                 if let Err(e) = h.check() {
                     self.late_errors.push((h.batch, h.request, e.to_string()));
                 }
             }
-            // SAFETY: the submission that used it has completed.
-            unsafe {
-                self.gpu
-                    .shared
-                    .device
-                    .free_command_buffers(self.pool, &[f.cmd])
-            };
+            if let Some(cmd) = f.cmd {
+                // SAFETY: the submission that used it has completed.
+                unsafe {
+                    self.gpu
+                        .shared
+                        .device
+                        .free_command_buffers(self.pool, &[cmd])
+                };
+            }
         }
-        Ok(done)
+        self.in_flight = keep;
+        result
     }
 
     fn held_count(&self) -> usize {
         self.in_flight.iter().map(|f| f.held.len()).sum::<usize>()
             + self.recording.as_ref().map_or(0, |r| r.held.len())
+    }
+
+    /// Whether the current recording is into the app's command buffer.
+    fn recording_app(&self) -> bool {
+        self.recording.as_ref().is_some_and(|r| r.app.is_some())
     }
 
     /// The command buffer being recorded, begun if needed.
@@ -484,18 +711,41 @@ impl ReadQueue {
             unsafe { d.free_command_buffers(self.pool, &[cmd]) };
             return Err(e);
         }
+        // This submission's copies come after every transfer earlier on
+        // the queue: the queue's own earlier copies (a destination written
+        // by two batches ends with the later one's bytes) and the app's.
+        let order = [vk::MemoryBarrier::default()
+            .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
+            .dst_access_mask(vk::AccessFlags::TRANSFER_WRITE)];
+        // SAFETY: recording.
+        unsafe {
+            d.cmd_pipeline_barrier(
+                cmd,
+                vk::PipelineStageFlags::TRANSFER,
+                vk::PipelineStageFlags::TRANSFER,
+                vk::DependencyFlags::empty(),
+                &order,
+                &[],
+                &[],
+            )
+        };
         self.recording = Some(Recording {
             cmd,
+            app: None,
             held: vec![],
             staging: vec![],
+            fill: None,
+            bytes: 0,
         });
         Ok(cmd)
     }
 
-    /// Submits what is recorded (an empty command buffer if nothing is),
-    /// after every earlier submission of this queue, signalling the own
-    /// timeline and `signal`. Returns the own value it signals.
+    /// Submits what is recorded in the queue's own command buffer (an
+    /// empty one if nothing is), after every earlier submission of this
+    /// queue and the batch's waits, signalling the own timeline and
+    /// `signal`. Returns the own value it signals.
     fn flush(&mut self, signal: Option<TimelineSignal>) -> Result<u64> {
+        debug_assert!(!self.recording_app(), "the app submits its own recording");
         let cmd = self.recording()?;
         let rec = self.recording.take().expect("begun above");
         let dev = self.gpu.shared.clone();
@@ -507,11 +757,18 @@ impl ReadQueue {
             sems.push(s.semaphore);
             vals.push(s.value);
         }
-        // Ordered after this queue's earlier submissions, so the app's
-        // signal covers every copy of the batch.
-        let wait_sems = [self.timeline];
-        let wait_vals = [self.submitted];
-        let wait_stages = [vk::PipelineStageFlags::ALL_COMMANDS];
+        // A signal's first synchronization scope holds every command
+        // earlier in submission order on the queue ("Semaphore Signaling"
+        // in the Vulkan spec), so the app's signal covers every copy of
+        // the batch without this submission waiting for the earlier ones;
+        // the barrier `recording` begins with orders the copies after
+        // earlier ones. (Submissions used to wait on the timeline they
+        // signal; lavapipe 25.0 crashes when such a semaphore is destroyed
+        // right after its last value is reached.) Every submission of a
+        // batch waits for the app's semaphores.
+        let wait_sems: Vec<vk::Semaphore> = self.waits.iter().map(|w| w.semaphore).collect();
+        let wait_vals: Vec<u64> = self.waits.iter().map(|w| w.value).collect();
+        let wait_stages = vec![vk::PipelineStageFlags::ALL_COMMANDS; wait_sems.len()];
         let mut tsi = vk::TimelineSemaphoreSubmitInfo::default()
             .signal_semaphore_values(&vals)
             .wait_semaphore_values(&wait_vals);
@@ -525,7 +782,7 @@ impl ReadQueue {
         // SAFETY: the command buffer was recorded by this queue; what it
         // reads is held in `rec.held` (imports) and the staging until the
         // own timeline reaches `value`; the app vouched for its buffers
-        // and semaphore (submit's contract).
+        // and semaphores (submit's contract).
         let r = unsafe {
             d.end_command_buffer(cmd)
                 .vk("vkEndCommandBuffer")
@@ -538,29 +795,39 @@ impl ReadQueue {
         }
         self.submitted = value;
         for &i in &rec.staging {
-            self.staging[i].busy_until = value;
+            self.staging[i].busy_until = Done::Own(value);
         }
         self.in_flight.push_back(InFlight {
-            value,
-            cmd,
+            done: Done::Own(value),
+            cmd: Some(cmd),
             held: rec.held,
         });
         Ok(value)
+    }
+
+    /// What to say when a recorded batch needs more than the queue can
+    /// hold until the app submits it.
+    fn recorded_too_big(what: String) -> Error {
+        Error::Config {
+            setting: "record",
+            msg: format!(
+                "{what} until the app submits the command buffer: this request was not recorded (submit large batches with ReadQueue::submit, or raise the limit)"
+            ),
+        }
     }
 
     /// A staging buffer free for a new copy: one whose last copy
     /// completed, a new one while the staging budget allows, or the
     /// oldest busy one once the device is done with it.
     fn free_staging(&mut self) -> Result<usize> {
-        let done = self.completed()?;
         let in_use: Vec<usize> = self
             .recording
             .as_ref()
             .map_or(vec![], |r| r.staging.clone());
-        if let Some(i) = (0..self.staging.len())
-            .find(|&i| self.staging[i].busy_until <= done && !in_use.contains(&i))
-        {
-            return Ok(i);
+        for i in 0..self.staging.len() {
+            if !in_use.contains(&i) && self.is_done(self.staging[i].busy_until)? {
+                return Ok(i);
+            }
         }
         let piece = self.opts.piece;
         if (self.staging.len() as u64 + 1) * piece <= self.opts.staging_bytes {
@@ -571,34 +838,58 @@ impl ReadQueue {
                     what: "upload memory is not host-visible".into(),
                 });
             }
-            self.staging.push(Staging { buf, busy_until: 0 });
+            self.staging.push(Staging {
+                buf,
+                busy_until: Done::Own(0),
+            });
             return Ok(self.staging.len() - 1);
         }
-        // Everything is busy: submit what is recorded and wait for the
-        // oldest copy out of staging.
-        if self.recording.is_some() {
+        // Everything is busy: submit what the queue recorded and wait for
+        // its oldest copy out of staging. Staging a recorded batch holds
+        // frees only when the app's submission completes: never waited
+        // for here, since the app may not have submitted it yet.
+        if self.recording.is_some() && !self.recording_app() {
             self.flush(None)?;
         }
-        let (i, until) = self
+        let oldest = self
             .staging
             .iter()
             .enumerate()
-            .map(|(i, s)| (i, s.busy_until))
-            .min_by_key(|&(_, v)| v)
-            .expect("staging has at least one buffer");
+            .filter_map(|(i, s)| match s.busy_until {
+                Done::Own(v) if !in_use.contains(&i) => Some((i, v)),
+                _ => None,
+            })
+            .min_by_key(|&(_, v)| v);
+        let Some((i, until)) = oldest else {
+            return Err(Self::recorded_too_big(format!(
+                "all {} bytes of staging are held by recorded batches",
+                self.opts.staging_bytes
+            )));
+        };
         self.wait_value(until)?;
         self.reclaim()?;
         Ok(i)
     }
 
-    /// Waits for the oldest submission when `max_imports_in_flight`
-    /// imports are held.
+    /// Waits for the oldest of the queue's own submissions while
+    /// `max_imports_in_flight` imports are held.
     fn make_room_for_import(&mut self) -> Result<()> {
         while self.held_count() >= self.opts.max_imports_in_flight {
-            if self.in_flight.is_empty() {
+            let own = |s: &Self| {
+                s.in_flight.iter().find_map(|f| match f.done {
+                    Done::Own(v) => Some(v),
+                    Done::App(_) => None,
+                })
+            };
+            if own(self).is_none() && self.recording.is_some() && !self.recording_app() {
                 self.flush(None)?;
             }
-            let v = self.in_flight.front().expect("flushed above").value;
+            let Some(v) = own(self) else {
+                return Err(Self::recorded_too_big(format!(
+                    "{} imports (max_imports_in_flight) are held by recorded batches",
+                    self.opts.max_imports_in_flight
+                )));
+            };
             self.wait_value(v)?;
             self.reclaim()?;
         }
@@ -611,6 +902,7 @@ impl ReadQueue {
         index: usize,
         r: &ReadRequest,
         report: &mut RequestReport,
+        into_app: bool,
     ) -> Result<()> {
         let file = Arc::new(SourceFile::open(&r.file)?);
         if !matches!(r.offset.checked_add(r.len), Some(e) if e <= file.len()) {
@@ -659,9 +951,17 @@ impl ReadQueue {
             };
             report.path = path;
             self.record_copy(batch, index, &file, piece, n, r.dst, dst_off, report)?;
-            // Submitted at once: the device copies this piece while the
-            // CPU reads or imports the next.
-            self.flush(None)?;
+            // Submitted once a piece's worth (or half the imports) is
+            // recorded: the device copies it while the CPU reads or
+            // imports the next, and small requests share a submission. A
+            // recording of the app's runs when the app submits it.
+            let full = self.recording.as_ref().is_some_and(|rec| {
+                rec.bytes >= self.opts.piece
+                    || rec.held.len() * 2 >= self.opts.max_imports_in_flight
+            });
+            if !into_app && full {
+                self.flush(None)?;
+            }
             done += n;
         }
         Ok(())
@@ -680,18 +980,27 @@ impl ReadQueue {
     ) -> Result<(Piece, u64)> {
         match k {
             PathKind::Upload => {
-                let n = n.min(self.opts.piece);
-                let i = self.free_staging()?;
+                // The rest of the staging buffer this recording is filling,
+                // or a free one.
+                let (i, used) = match self.recording.as_ref().and_then(|r| r.fill) {
+                    Some((i, used)) if used < self.opts.piece => (i, used),
+                    _ => (self.free_staging()?, 0),
+                };
+                let n = n.min(self.opts.piece - used);
                 let bytes = self.staging[i]
                     .buf
                     .host_bytes_mut()
                     .expect("checked host-visible when allocated");
-                read_parallel(f, off, &mut bytes[..n as usize])?;
+                read_parallel(f, off, &mut bytes[used as usize..(used + n) as usize])?;
                 // A write racing the read would tear it.
                 f.check_unchanged()?;
                 self.recording()?;
-                self.recording.as_mut().expect("begun").staging.push(i);
-                Ok((Piece::Staging(i), n))
+                let rec = self.recording.as_mut().expect("begun");
+                if !rec.staging.contains(&i) {
+                    rec.staging.push(i);
+                }
+                rec.fill = Some((i, used + n));
+                Ok((Piece::Staging(i, used), n))
             }
             k => {
                 // import_range says why `k` is unavailable, if it is.
@@ -725,12 +1034,12 @@ impl ReadQueue {
                 .size(n)]
         };
         match piece {
-            Piece::Staging(i) => {
+            Piece::Staging(i, at) => {
                 // Host writes before the submission are visible to it
                 // (vkQueueSubmit's implicit host-write dependency).
                 // SAFETY: recording; both buffers hold the range (checked).
                 unsafe {
-                    d.cmd_copy_buffer(cmd, self.staging[i].buf.buffer, dst.buffer, &region(0))
+                    d.cmd_copy_buffer(cmd, self.staging[i].buf.buffer, dst.buffer, &region(at))
                 };
                 report.cpu_copied_bytes += n;
             }
@@ -759,14 +1068,19 @@ impl ReadQueue {
             }
         }
         report.gpu_copied_bytes += n;
+        self.recording.as_mut().expect("recording").bytes += n;
         Ok(())
     }
 }
 
 /// What one piece is copied from.
 enum Piece {
-    Staging(usize),
-    Import { imported: Imported, skew: u64 },
+    /// A staging buffer and the offset of the bytes in it.
+    Staging(usize, u64),
+    Import {
+        imported: Imported,
+        skew: u64,
+    },
 }
 
 /// Every request well-formed, before anything is read: a length, a
@@ -824,7 +1138,7 @@ impl Drop for ReadQueue {
     fn drop(&mut self) {
         // Never free what the device may still read: wait for this queue's
         // own submissions (not the whole device, which may be the app's).
-        if let Some(r) = self.recording.take() {
+        if let Some(r) = self.recording.take().filter(|r| r.app.is_none()) {
             // SAFETY: recorded, never submitted.
             unsafe {
                 self.gpu
@@ -835,6 +1149,17 @@ impl Drop for ReadQueue {
         }
         if self.submitted > 0 {
             let _ = self.wait_value(self.submitted);
+        }
+        // And for the app's submissions of the batches it had recorded
+        // (record's contract: submitted, or discarded).
+        let recorded: Vec<Done> = self
+            .in_flight
+            .iter()
+            .map(|f| f.done)
+            .filter(|d| matches!(d, Done::App(_)))
+            .collect();
+        for d in recorded {
+            let _ = self.wait_done(d);
         }
         let _ = self.reclaim();
         self.in_flight.clear();

@@ -495,3 +495,285 @@ fn a_change_found_while_submit_waits_still_fails_that_request() {
     }
     app.still_works();
 }
+
+/// Test files of odd sizes, each with its bytes.
+fn files(dir: &TempDir, sizes: &[usize], seed: u64) -> Vec<(PathBuf, Vec<u8>)> {
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let bytes = data(n, seed + i as u64);
+            let p = dir.path(&format!("r{seed}-{i}.bin"));
+            std::fs::write(&p, &bytes).unwrap();
+            (p, bytes)
+        })
+        .collect()
+}
+
+/// A command buffer of the app's, begun, from a pool it returns.
+fn app_cmd(app: &App) -> (ash::vk::CommandPool, ash::vk::CommandBuffer) {
+    use ash::vk;
+    let d = &app.device;
+    // SAFETY: the app's own objects.
+    unsafe {
+        let pool = d
+            .create_command_pool(
+                &vk::CommandPoolCreateInfo::default().queue_family_index(app.family),
+                None,
+            )
+            .unwrap();
+        let cb = d
+            .allocate_command_buffers(
+                &vk::CommandBufferAllocateInfo::default()
+                    .command_pool(pool)
+                    .command_buffer_count(1),
+            )
+            .unwrap()[0];
+        d.begin_command_buffer(cb, &vk::CommandBufferBeginInfo::default())
+            .unwrap();
+        (pool, cb)
+    }
+}
+
+/// Two batches recorded into one command buffer of the app's (through
+/// host and through upload), followed by the app's own copy of the
+/// destination: nothing lands before the app submits; after, the app's own
+/// commands in the same submission see the bytes, both batches report
+/// their paths, and nothing stays open.
+#[test]
+fn requests_recorded_into_the_apps_command_buffer_land_when_the_app_submits_it() {
+    use ash::vk;
+    let _serial = serial();
+    let app = App::new(true);
+    let dir = TempDir::new("rq-record");
+    let fs = files(&dir, &[1, 4095, 4097, 200_003], 40);
+    {
+        let g = app.lend();
+        let fds = open_fds();
+        let total: u64 = fs.iter().map(|(_, b)| b.len() as u64 + 5).sum::<u64>() * 2;
+        let out = app.buffer(total, false);
+        let host = app.buffer(total, true);
+        let sem = app.timeline();
+        let mut q = ReadQueue::new(&g, ReadQueueOptions::default()).unwrap();
+        // Staging enough for the whole batch: a recorded batch cannot
+        // reuse it before the app submits.
+        let opts = ReadQueueOptions {
+            staging_bytes: 512 << 10,
+            ..small(PathChoice::Only(PathKind::Upload))
+        };
+        let mut q_up = ReadQueue::new(&g, opts).unwrap();
+        let (pool, cb) = app_cmd(&app);
+        let mut at = 3u64;
+        let mut batch = |q: &mut ReadQueue, value: u64| {
+            let reqs: Vec<ReadRequest> = fs
+                .iter()
+                .map(|(p, b)| {
+                    let r = req(p, 0, b.len() as u64, dst(&out), at);
+                    at += b.len() as u64 + 5;
+                    r
+                })
+                .collect();
+            let completes = TimelineSignal {
+                semaphore: sem,
+                value,
+            };
+            // SAFETY: `out` is the app's TRANSFER_DST buffer, untouched
+            // until the semaphore; `cb` is recording, on the queue family,
+            // and submitted below signalling 2.
+            let t = unsafe { q.record(cb, &reqs, completes) }.unwrap();
+            (t, reqs)
+        };
+        let (t_host, reqs_host) = batch(&mut q, 1);
+        let (t_up, reqs_up) = batch(&mut q_up, 2);
+        assert!(
+            q.poll(t_host).unwrap().is_none(),
+            "done before the app submitted"
+        );
+        assert!(
+            q_up.poll(t_up).unwrap().is_none(),
+            "done before the app submitted"
+        );
+        let d = &app.device;
+        // SAFETY: the app's objects; the recorded copies are held by the
+        // queues until `sem` reaches 2.
+        unsafe {
+            let barrier = [vk::MemoryBarrier::default()
+                .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
+                .dst_access_mask(vk::AccessFlags::TRANSFER_READ)];
+            d.cmd_pipeline_barrier(
+                cb,
+                vk::PipelineStageFlags::TRANSFER,
+                vk::PipelineStageFlags::TRANSFER,
+                vk::DependencyFlags::empty(),
+                &barrier,
+                &[],
+                &[],
+            );
+            let region = [vk::BufferCopy::default().size(total)];
+            d.cmd_copy_buffer(cb, out.buffer, host.buffer, &region);
+        }
+        app.submit_signal(&g, cb, sem, 2);
+        let r_host = q.wait(t_host).unwrap();
+        let r_up = q_up.wait(t_up).unwrap();
+        assert!(r_host.ok() && r_up.ok(), "{r_host:?} {r_up:?}");
+        assert!(r_host
+            .requests
+            .iter()
+            .all(|r| r.path == Some(PathKind::Host)));
+        assert_eq!(r_host.cpu_copied_bytes(), 0);
+        assert!(r_up
+            .requests
+            .iter()
+            .all(|r| r.path == Some(PathKind::Upload)));
+        let got = app.host_bytes(&host);
+        for r in reqs_host.iter().chain(&reqs_up) {
+            let want = &fs.iter().find(|(p, _)| *p == r.file).unwrap().1;
+            let have = &got[r.dst_offset as usize..(r.dst_offset + r.len) as usize];
+            assert!(want[..] == *have, "{} landed wrong", r.file.display());
+        }
+        drop((q, q_up));
+        // SAFETY: idle.
+        unsafe {
+            app.device.destroy_command_pool(pool, None);
+            app.device.destroy_semaphore(sem, None);
+        }
+        app.destroy(out);
+        app.destroy(host);
+        assert_eq!(open_fds(), fds, "recorded batches leaked descriptors");
+    }
+    app.still_works();
+}
+
+/// A recorded batch cannot reuse staging or wait for its own imports:
+/// what does not fit fails alone with the reason, a second value for
+/// the same semaphore is refused, and a batch the app never submits is
+/// discarded without the queue's drop waiting for it.
+#[test]
+fn a_recorded_batch_that_does_not_fit_fails_its_overflow_and_can_be_discarded() {
+    let _serial = serial();
+    let app = App::new(true);
+    let dir = TempDir::new("rq-record-big");
+    // staging 128 KiB in pieces of 64 KiB: 100 KiB fits, the next does not.
+    let fs = files(&dir, &[100 << 10, 100 << 10], 50);
+    {
+        let g = app.lend();
+        let fds = open_fds();
+        let out = app.buffer(1 << 20, false);
+        let sem = app.timeline();
+        let mut q = ReadQueue::new(&g, small(PathChoice::Only(PathKind::Upload))).unwrap();
+        let (pool, cb) = app_cmd(&app);
+        let reqs = vec![
+            req(&fs[0].0, 0, 100 << 10, dst(&out), 0),
+            req(&fs[1].0, 0, 100 << 10, dst(&out), 200 << 10),
+        ];
+        let completes = TimelineSignal {
+            semaphore: sem,
+            value: 1,
+        };
+        // SAFETY: as above; the app discards the recording below.
+        let t = unsafe { q.record(cb, &reqs, completes) }.unwrap();
+        // SAFETY: as above.
+        let again = unsafe { q.record(cb, &reqs[..1], completes) }.expect_err("same value");
+        assert!(
+            again
+                .to_string()
+                .contains("already completes another recorded batch"),
+            "{again}"
+        );
+        // The app changes its mind: the recording is thrown away.
+        // SAFETY: never submitted.
+        unsafe {
+            app.device.destroy_command_pool(pool, None);
+            q.discard(t).unwrap();
+        }
+        assert!(q.poll(t).is_err(), "a discarded batch is not pending");
+        drop(q);
+        assert_eq!(app.value(sem), 0);
+        assert_eq!(open_fds(), fds, "a discarded batch leaked descriptors");
+
+        // Submitted this time: the first request lands, the second reports
+        // why it was not recorded.
+        let mut q = ReadQueue::new(&g, small(PathChoice::Only(PathKind::Upload))).unwrap();
+        let (pool, cb) = app_cmd(&app);
+        // SAFETY: as above; submitted below.
+        let t = unsafe { q.record(cb, &reqs, completes) }.unwrap();
+        app.submit_signal(&g, cb, sem, 1);
+        let r = q.wait(t).unwrap();
+        assert!(r.requests[0].ok(), "{:?}", r.requests[0]);
+        let e = r.requests[1].error.as_deref().unwrap_or("");
+        assert!(
+            e.contains("staging are held by recorded batches") && e.contains("ReadQueue::submit"),
+            "{e}"
+        );
+        let got = app.read_back(&out);
+        assert!(got[..100 << 10] == fs[0].1[..]);
+        drop(q);
+        // SAFETY: idle.
+        unsafe {
+            app.device.destroy_command_pool(pool, None);
+            app.device.destroy_semaphore(sem, None);
+        }
+        app.destroy(out);
+    }
+    app.still_works();
+}
+
+/// submit_after: the batch's copies wait on the device for the app's
+/// semaphore. Until the app signals it nothing is written (the
+/// destination is host-visible and read while the batch waits); after,
+/// everything lands.
+#[test]
+fn submit_after_writes_nothing_before_the_apps_semaphore() {
+    let _serial = serial();
+    let app = App::new(true);
+    let dir = TempDir::new("rq-after");
+    let fs = files(&dir, &[70_001, 5000], 60);
+    for path in [PathKind::Host, PathKind::Upload] {
+        let g = app.lend();
+        let out = app.buffer(200_000, true);
+        let gate = app.timeline();
+        let done = app.timeline();
+        // Memory is reused: a pattern no file has, so a write shows.
+        app.fill_host(&out, 0xa5);
+        let mut q = ReadQueue::new(&g, small(PathChoice::Only(path))).unwrap();
+        let reqs = vec![
+            req(&fs[0].0, 0, 70_001, dst(&out), 0),
+            req(&fs[1].0, 0, 5000, dst(&out), 100_000),
+        ];
+        let wait = TimelineSignal {
+            semaphore: gate,
+            value: 1,
+        };
+        let signal = TimelineSignal {
+            semaphore: done,
+            value: 1,
+        };
+        // SAFETY: the destination is untouched by the app's device work
+        // (the test only reads its host mapping); `gate` is signalled from
+        // the host below, by this thread, which submit_after does not
+        // wait for: staging (128 KiB) holds the batch.
+        let t = unsafe { q.submit_after(&reqs, &[wait], Some(signal)) }.unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(q.poll(t).unwrap().is_none(), "{path}: done before its wait");
+        assert_eq!(app.value(done), 0, "{path}: signalled before its wait");
+        assert!(
+            app.host_bytes(&out).iter().all(|&b| b == 0xa5),
+            "{path}: wrote the app's buffer before the app's semaphore"
+        );
+        app.signal(gate, 1);
+        let r = q.wait(t).unwrap();
+        assert!(r.ok(), "{path}: {:?}", r.requests);
+        assert!(app.wait(done, 1, 10));
+        let got = app.host_bytes(&out);
+        assert!(got[..70_001] == fs[0].1[..], "{path}: landed wrong");
+        assert!(got[100_000..105_000] == fs[1].1[..], "{path}: landed wrong");
+        drop(q);
+        app.destroy(out);
+        // SAFETY: idle.
+        unsafe {
+            app.device.destroy_semaphore(gate, None);
+            app.device.destroy_semaphore(done, None);
+        }
+    }
+    app.still_works();
+}

@@ -179,6 +179,20 @@ impl App {
         }
     }
 
+    /// Fills a host-visible buffer of the app's with `byte`.
+    pub fn fill_host(&self, b: &AppBuffer, byte: u8) {
+        assert!(b.host_visible);
+        // SAFETY: host-visible, coherent memory no command is using.
+        unsafe {
+            let p = self
+                .device
+                .map_memory(b.memory, 0, b.size, vk::MemoryMapFlags::empty())
+                .unwrap() as *mut u8;
+            std::ptr::write_bytes(p, byte, b.size as usize);
+            self.device.unmap_memory(b.memory);
+        }
+    }
+
     /// The bytes of a host-visible buffer of the app's.
     pub fn host_bytes(&self, b: &AppBuffer) -> Vec<u8> {
         assert!(b.host_visible);
@@ -288,6 +302,37 @@ impl App {
     pub fn value(&self, s: vk::Semaphore) -> u64 {
         // SAFETY: the app's semaphore.
         unsafe { self.device.get_semaphore_counter_value(s) }.unwrap()
+    }
+
+    /// Signals `s` to `v` from the host.
+    pub fn signal(&self, s: vk::Semaphore, v: u64) {
+        // SAFETY: the app's semaphore, below `v`.
+        unsafe {
+            self.device
+                .signal_semaphore(&vk::SemaphoreSignalInfo::default().semaphore(s).value(v))
+        }
+        .unwrap()
+    }
+
+    /// Ends `cb` and submits it on `gpu`'s queue (under its lock),
+    /// signalling `s` to `v` when it completes.
+    pub fn submit_signal(&self, gpu: &Gpu, cb: vk::CommandBuffer, s: vk::Semaphore, v: u64) {
+        let cbs = [cb];
+        let sems = [s];
+        let vals = [v];
+        let mut tsi = vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&vals);
+        let si = [vk::SubmitInfo::default()
+            .command_buffers(&cbs)
+            .signal_semaphores(&sems)
+            .push_next(&mut tsi)];
+        // SAFETY: the app's recording command buffer and semaphore.
+        unsafe {
+            self.device.end_command_buffer(cb).unwrap();
+            let q = gpu.lock_queue().unwrap();
+            self.device
+                .queue_submit(q.queue(), &si, vk::Fence::null())
+                .unwrap();
+        }
     }
 
     /// Waits (up to `secs`) for `s` to reach `v`; false on timeout.
