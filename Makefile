@@ -8,7 +8,11 @@ CARGO ?= cargo
 DEMO_SIZE ?= 256M
 DEMO_FILE ?= $(CACHE)/demo/dataset.bin
 
-.PHONY: all setup setup-guest build demo test test-host test-kmod test-guest test-guest-6.1 test-guest-debug fuzz debug-kernel lint clean
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+
+.PHONY: all setup setup-guest build install demo test test-host test-kmod test-guest test-guest-6.1 test-guest-debug fuzz debug-kernel lint clean
 
 all: build
 
@@ -21,6 +25,12 @@ setup-guest:
 
 build: setup
 	$(CARGO) build --release --workspace --locked
+
+# The C ABI: libdmafile.so (soname libdmafile.so.0), dmafile.h and
+# dmafile.pc under $(DESTDIR)$(PREFIX) (docs/integration.md, "C").
+install:
+	$(CARGO) build --release -p dmafile-capi --locked
+	scripts/install-capi.sh "$(PREFIX)" "$(LIBDIR)" "$(INCLUDEDIR)"
 
 # Generates a deterministic pseudo-random dataset, streams it through the
 # crc32c shader on the default GPU (lavapipe where there is none) and checks
