@@ -24,20 +24,6 @@
 // struct changes; the minor counts additions.
 #define DMAFILE_ABI_VERSION 1
 
-// What backs the memory a direct request read (`enum dmafile_backing`).
-enum dmafile_backing
-#ifdef __cplusplus
-  : uint32_t
-#endif // __cplusplus
- {
-  DMAFILE_BACKING_NONE = 0,
-  DMAFILE_BACKING_PAGE_CACHE = 1,
-  DMAFILE_BACKING_STORAGE_DIRECT = 2,
-};
-#ifndef __cplusplus
-typedef uint32_t dmafile_backing;
-#endif // __cplusplus
-
 // The reason table: every number a `reason` out-parameter can hold.
 // Below 100 the kernel module's (`enum dmafile_reason` of
 // `<linux/dmafile.h>`, the same numbers); 100..=199 the runtime's
@@ -113,6 +99,22 @@ enum dmafile_code
 typedef int32_t dmafile_code;
 #endif // __cplusplus
 
+// What backs the memory a direct request read: the numbers of the
+// kernel's `enum dmafile_backing` (named apart so that both headers can
+// be included).
+enum dmafile_memory
+#ifdef __cplusplus
+  : uint32_t
+#endif // __cplusplus
+ {
+  DMAFILE_MEMORY_NONE = 0,
+  DMAFILE_MEMORY_PAGE_CACHE = 1,
+  DMAFILE_MEMORY_STORAGE_DIRECT = 2,
+};
+#ifndef __cplusplus
+typedef uint32_t dmafile_memory;
+#endif // __cplusplus
+
 // The paths, as the ABI numbers them (`auto` only as a request; 0 in a
 // report means no path served the request).
 enum dmafile_path
@@ -176,7 +178,7 @@ typedef struct {
   // The region's length from `skew`.
   uint64_t len;
   // The path that serves it (`dmafile_path`) and, for direct, what
-  // backs it (`dmafile_backing`).
+  // backs it (`dmafile_memory`).
   uint32_t path;
   uint32_t backing;
   // Bytes the CPU copied to make it visible (0 for direct and host).
@@ -237,7 +239,7 @@ typedef struct {
   int32_t reason;
   // The path that served it (`dmafile_path`, 0 if none did).
   uint32_t path;
-  // `dmafile_backing` (direct only).
+  // `dmafile_memory` (direct only).
   uint32_t backing;
   // The first faster path skipped for it and why (0 if none was), and
   // how many paths were skipped or abandoned in all.

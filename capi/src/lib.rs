@@ -152,13 +152,15 @@ pub enum dmafile_path {
     DMAFILE_PATH_UPLOAD = 4,
 }
 
-/// What backs the memory a direct request read (`enum dmafile_backing`).
+/// What backs the memory a direct request read: the numbers of the
+/// kernel's `enum dmafile_backing` (named apart so that both headers can
+/// be included).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum dmafile_backing {
-    DMAFILE_BACKING_NONE = 0,
-    DMAFILE_BACKING_PAGE_CACHE = 1,
-    DMAFILE_BACKING_STORAGE_DIRECT = 2,
+pub enum dmafile_memory {
+    DMAFILE_MEMORY_NONE = 0,
+    DMAFILE_MEMORY_PAGE_CACHE = 1,
+    DMAFILE_MEMORY_STORAGE_DIRECT = 2,
 }
 
 /// A device the application lends dmafile (`dmafile_gpu_borrow`).
@@ -200,7 +202,7 @@ pub struct dmafile_raw_range {
     /// The region's length from `skew`.
     pub len: u64,
     /// The path that serves it (`dmafile_path`) and, for direct, what
-    /// backs it (`dmafile_backing`).
+    /// backs it (`dmafile_memory`).
     pub path: u32,
     pub backing: u32,
     /// Bytes the CPU copied to make it visible (0 for direct and host).
@@ -267,7 +269,7 @@ pub struct dmafile_request_report {
     pub reason: i32,
     /// The path that served it (`dmafile_path`, 0 if none did).
     pub path: u32,
-    /// `dmafile_backing` (direct only).
+    /// `dmafile_memory` (direct only).
     pub backing: u32,
     /// The first faster path skipped for it and why (0 if none was), and
     /// how many paths were skipped or abandoned in all.
