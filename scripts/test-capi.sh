@@ -1,8 +1,9 @@
 #!/bin/bash
 # The C ABI end to end, as a C application sees it (`make test-host`):
 #  1. capi/dmafile.h is what cbindgen makes of capi/src/lib.rs now;
-#  2. `make install` into a temporary prefix, then samples/c-load and
-#     tests/capi/errors.c built from that prefix with pkg-config only;
+#  2. `make install` into a temporary prefix, then samples/c-load,
+#     tests/capi/errors.c and docs/integration.md's C program built from
+#     that prefix with pkg-config only;
 #  3. c-load on generated files of odd sizes (and an unaligned range)
 #     through every path this machine has, each sum64 compared with
 #     numpy's, each path and cpu_copied compared with what the path does;
@@ -31,6 +32,15 @@ flags=$(pkg-config --cflags --libs dmafile)
 cc -std=c11 -O2 -Wall -Wextra -Werror -o "$work/c-load" samples/c-load/c-load.c $flags -Wl,-rpath,"$prefix/lib"
 # shellcheck disable=SC2086
 cc -std=c11 -O2 -Wall -Wextra -Werror -I kmod/include/uapi -o "$work/errors" tests/capi/errors.c $flags -Wl,-rpath,"$prefix/lib"
+# docs/integration.md's complete C program, as printed there.
+"$py" - docs/integration.md "$work/doc-app.c" <<'PY'
+import sys
+s = open(sys.argv[1]).read()
+a = s.index("```c\n", s.index("### A complete program")) + 5
+open(sys.argv[2], "w").write(s[a:s.index("```\n", a)])
+PY
+# shellcheck disable=SC2086
+cc -std=c11 -O2 -Wall -Wextra -Werror -o "$work/doc-app" "$work/doc-app.c" $flags -Wl,-rpath,"$prefix/lib"
 [ "$(readelf -d "$work/c-load" | sed -n 's/.*Shared library: \[\(libdmafile[^]]*\)\]/\1/p')" = libdmafile.so.0 ] ||
     fail "c-load does not link libdmafile.so.0"
 echo "test-capi: installed to $prefix; c-load and errors built with pkg-config"
@@ -90,6 +100,17 @@ for path in auto direct host heap upload; do
     done
 done
 [ $ran -ge 15 ] || fail "only $ran c-load runs compared (auto, host and upload at least: 15)"
+
+# The docs' program loads a whole file like c-load's auto.
+for n in 4097 3145733; do
+    out=$("$work/doc-app" "$work/f$n.bin") || { fail "docs/integration.md's program on f$n.bin"; continue; }
+    want=$(expect_sum "$work/f$n.bin" 0 "$n")
+    if [ "${out%% *}" = "sum64=$want" ]; then
+        echo "ok   docs/integration.md's program f$n.bin: $out"
+    else
+        fail "docs/integration.md's program f$n.bin: $out, numpy sum64=$want"
+    fi
+done
 
 # Bad input to the sample: exit 2 with a message naming it.
 set +e
