@@ -271,9 +271,9 @@ const char *dmafile_code_name(int32_t code);
 // number no reason has. The string is static. Thread-safe.
 const char *dmafile_code_description(int32_t code);
 
-// The name of `dmafile_path` `path` (`"direct"`, or `"none"` for 0 in a
-// report... `"auto"` as a request), NULL for another number. Static.
-// Thread-safe.
+// The name of `dmafile_path` `path` (`"auto"` for 0, which in a report
+// means that no path served the request; `"direct"`, ...), NULL for a
+// number that is no path. The string is static. Thread-safe.
 const char *dmafile_path_name(uint32_t path);
 
 // The last failed call's message on this thread ("" after a call that

@@ -677,9 +677,9 @@ fn code_text(code: i32, name: bool) -> *const c_char {
     r.ok().flatten().unwrap_or(std::ptr::null())
 }
 
-/// The name of `dmafile_path` `path` (`"direct"`, or `"none"` for 0 in a
-/// report... `"auto"` as a request), NULL for another number. Static.
-/// Thread-safe.
+/// The name of `dmafile_path` `path` (`"auto"` for 0, which in a report
+/// means that no path served the request; `"direct"`, ...), NULL for a
+/// number that is no path. The string is static. Thread-safe.
 #[no_mangle]
 pub extern "C" fn dmafile_path_name(path: u32) -> *const c_char {
     let s: &'static [u8] = match path {
