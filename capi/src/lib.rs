@@ -360,10 +360,13 @@ fn lookup<T>(p: *const T, want: &'static str) -> Result<Arc<Object>, Fail> {
 
 fn unregister<T>(p: *const T, want: &'static str) -> Result<Arc<Object>, Fail> {
     lookup(p, want)?;
-    Ok(handles()
-        .live
-        .remove(&(p as usize))
-        .expect("looked up just above; only this call removes it"))
+    // Two threads may free the same handle at once: the one that finds it
+    // gone gets the same error as for any stale handle.
+    handles().live.remove(&(p as usize)).ok_or_else(|| {
+        Fail::bad_handle(format!(
+            "{p:p} is not a live {want} handle (freed already, or never made by dmafile)"
+        ))
+    })
 }
 
 fn gpu_of(p: *const dmafile_gpu) -> Result<Gpu, Fail> {
