@@ -122,6 +122,29 @@ set -e
 mkdir -p "$work/scratch"
 "$work/errors" "$work/scratch" || fail "tests/capi/errors.c"
 
+# The same C programs under the Khronos validation layer (synchronization
+# validation on): the layer must have nothing to say about the ABI's use
+# of the app's device, buffers and timeline, nor the app's of the ABI.
+cat >"$work/vk_layer_settings.txt" <<SETTINGS
+khronos_validation.debug_action = VK_DBG_LAYER_ACTION_LOG_MSG
+khronos_validation.log_filename = $work/validation.log
+khronos_validation.report_flags = error,warn,perf
+khronos_validation.enables = VK_VALIDATION_FEATURE_ENABLE_SYNCHRONIZATION_VALIDATION_EXT
+SETTINGS
+vl=(env VK_LAYER_SETTINGS_PATH="$work/vk_layer_settings.txt" VK_INSTANCE_LAYERS=VK_LAYER_KHRONOS_validation)
+for path in auto upload; do
+    "${vl[@]}" "$work/c-load" "$work/f3145733.bin" --offset 4099 --length 1000001 --path "$path" >/dev/null ||
+        fail "c-load --path $path under the validation layer"
+done
+"${vl[@]}" "$work/errors" "$work/scratch" >/dev/null || fail "errors.c under the validation layer"
+[ -f "$work/validation.log" ] || fail "the validation layer did not run (no log)"
+if [ -s "$work/validation.log" ]; then
+    head -c 4000 "$work/validation.log"
+    fail "the validation layer reported messages"
+else
+    echo "ok   c-load (auto, upload) and errors.c under VK_LAYER_KHRONOS_validation: 0 messages"
+fi
+
 "$CARGO" test --release --locked -q -p dmafile-capi --features test-panic --test panic ||
     fail "capi/tests/panic.rs"
 
