@@ -328,7 +328,7 @@ int dmafile_gpu_path_available(const dmafile_gpu *gpu,
                                uint32_t path,
                                int32_t *reason,
                                char *why,
-                               uintptr_t why_len);
+                               size_t why_len);
 
 // Imports `length` bytes of `file` at `offset` for the application's
 // own shaders, through `path` (`dmafile_path`; auto tries direct, host,
@@ -350,10 +350,10 @@ int dmafile_region_open(const dmafile_gpu *gpu,
 int dmafile_region_raw(const dmafile_region *region, dmafile_raw_range *out, int32_t *reason);
 
 // Records into `cmd` the barrier that acquires the region's buffer from
-// the external queue family for `dst_access` at `dst_stage` (before the
-// first use in each submission); `release` non-zero records the
-// matching release after the last use (`dst_*` then name the source
-// stage and access). Thread-safe for the region; `cmd` is the caller's
+// the external queue family for `access` at `stage` (before the first
+// use in each submission); with `release` non-zero, the matching release
+// back to it after the last use (`stage` and `access` then name that
+// use). Thread-safe for the region; `cmd` is the caller's
 // to synchronize.
 //
 // # Safety
@@ -371,15 +371,15 @@ int dmafile_region_cmd_barrier(const dmafile_region *region,
 int dmafile_region_free(dmafile_region *region, int32_t *reason);
 
 // A read queue on the lent device; `options` may be NULL (defaults).
-// Thread-safe (calls on one queue are serialized: a `wait` blocks
-// others on the same queue until it returns).
+// Thread-safe (calls on one queue are serialized: a redeem that waits
+// blocks other calls on the same queue until it returns).
 int dmafile_queue_new(const dmafile_gpu *gpu,
                       const dmafile_queue_options *options,
                       dmafile_queue **out,
                       int32_t *reason);
 
 // Submits `count` requests as one batch and returns at once with a
-// `ticket` for `dmafile_queue_wait`/`_poll`; `signal` (NULL for none)
+// `ticket` for `dmafile_queue_redeem`; `signal` (NULL for none)
 // is the application's timeline semaphore and the value it reaches
 // once every request has landed or failed. Every request is checked
 // first (file readable, range inside it: `RANGE_PAST_EOF`; destination
@@ -393,7 +393,7 @@ int dmafile_queue_new(const dmafile_gpu *gpu,
 // the device and `signal->value` above every value pending on it.
 int dmafile_queue_submit(const dmafile_queue *queue,
                          const dmafile_read_request *requests,
-                         uintptr_t count,
+                         size_t count,
                          const dmafile_timeline *signal,
                          uint64_t *ticket,
                          int32_t *reason);
@@ -413,8 +413,8 @@ int dmafile_queue_redeem(const dmafile_queue *queue,
                          uint32_t wait,
                          uint32_t *done,
                          dmafile_request_report *reports,
-                         uintptr_t capacity,
-                         uintptr_t *count,
+                         size_t capacity,
+                         size_t *count,
                          int32_t *reason);
 
 // Frees the queue after waiting for its own submissions (not the

@@ -980,10 +980,10 @@ pub unsafe extern "C" fn dmafile_region_raw(
 }
 
 /// Records into `cmd` the barrier that acquires the region's buffer from
-/// the external queue family for `dst_access` at `dst_stage` (before the
-/// first use in each submission); `release` non-zero records the
-/// matching release after the last use (`dst_*` then name the source
-/// stage and access). Thread-safe for the region; `cmd` is the caller's
+/// the external queue family for `access` at `stage` (before the first
+/// use in each submission); with `release` non-zero, the matching release
+/// back to it after the last use (`stage` and `access` then name that
+/// use). Thread-safe for the region; `cmd` is the caller's
 /// to synchronize.
 ///
 /// # Safety
@@ -1028,8 +1028,8 @@ pub extern "C" fn dmafile_region_free(region: *mut dmafile_region, reason: *mut 
 }
 
 /// A read queue on the lent device; `options` may be NULL (defaults).
-/// Thread-safe (calls on one queue are serialized: a `wait` blocks
-/// others on the same queue until it returns).
+/// Thread-safe (calls on one queue are serialized: a redeem that waits
+/// blocks other calls on the same queue until it returns).
 #[no_mangle]
 pub unsafe extern "C" fn dmafile_queue_new(
     gpu: *const dmafile_gpu,
@@ -1094,7 +1094,7 @@ fn with_queue<T>(
 }
 
 /// Submits `count` requests as one batch and returns at once with a
-/// `ticket` for `dmafile_queue_wait`/`_poll`; `signal` (NULL for none)
+/// `ticket` for `dmafile_queue_redeem`; `signal` (NULL for none)
 /// is the application's timeline semaphore and the value it reaches
 /// once every request has landed or failed. Every request is checked
 /// first (file readable, range inside it: `RANGE_PAST_EOF`; destination
