@@ -32,6 +32,8 @@ flags=$(pkg-config --cflags --libs dmafile)
 cc -std=c11 -O2 -Wall -Wextra -Werror -o "$work/c-load" samples/c-load/c-load.c $flags -Wl,-rpath,"$prefix/lib"
 # shellcheck disable=SC2086
 cc -std=c11 -O2 -Wall -Wextra -Werror -I kmod/include/uapi -o "$work/errors" tests/capi/errors.c $flags -Wl,-rpath,"$prefix/lib"
+# shellcheck disable=SC2086
+cc -std=c11 -O2 -Wall -Wextra -Werror -pthread -o "$work/threads" tests/capi/threads.c $flags -Wl,-rpath,"$prefix/lib"
 # docs/integration.md's complete C program, as printed there.
 "$py" - docs/integration.md "$work/doc-app.c" <<'PY'
 import sys
@@ -143,6 +145,15 @@ if [ -s "$work/validation.log" ]; then
     fail "the validation layer reported messages"
 else
     echo "ok   c-load (auto, upload) and errors.c under VK_LAYER_KHRONOS_validation: 0 messages"
+fi
+
+# Several threads on one lent device (tests/capi/threads.c): opt-in until
+# the read queue's drop no longer crashes lavapipe's queue thread (the
+# known issue written in threads.c and docs/integration.md).
+if [ "${DMAFILE_CAPI_THREADS:-0}" = 1 ]; then
+    "$work/threads" "$work/scratch" || fail "tests/capi/threads.c (exit $?)"
+else
+    echo "skip tests/capi/threads.c: DMAFILE_CAPI_THREADS=1 runs it (known lavapipe crash when a read queue is dropped while others work)"
 fi
 
 "$CARGO" test --release --locked -q -p dmafile-capi --features test-panic --test panic ||
