@@ -8,7 +8,11 @@ CARGO ?= cargo
 DEMO_SIZE ?= 256M
 DEMO_FILE ?= $(CACHE)/demo/dataset.bin
 
-.PHONY: all setup setup-guest build demo test test-host test-kmod test-guest test-guest-6.1 test-guest-debug fuzz debug-kernel lint clean
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+
+.PHONY: all setup setup-guest build install demo test test-host test-kmod test-guest test-guest-6.1 test-guest-debug fuzz debug-kernel lint clean
 
 all: build
 
@@ -22,6 +26,12 @@ setup-guest:
 build: setup
 	$(CARGO) build --release --workspace --locked
 
+# The C ABI: libdmafile.so (soname libdmafile.so.0), dmafile.h and
+# dmafile.pc under $(DESTDIR)$(PREFIX) (docs/integration.md, "C").
+install:
+	$(CARGO) build --release -p dmafile-capi --locked
+	scripts/install-capi.sh "$(PREFIX)" "$(LIBDIR)" "$(INCLUDEDIR)"
+
 # Generates a deterministic pseudo-random dataset, streams it through the
 # crc32c shader on the default GPU (lavapipe where there is none) and checks
 # the result on the CPU.
@@ -34,6 +44,7 @@ test-host:
 	scripts/shaders.sh --check
 	$(CARGO) test --release --workspace --locked --no-fail-fast
 	scripts/test-independent-crc.sh
+	CARGO=$(CARGO) scripts/test-capi.sh
 	scripts/package-check.sh
 	python3 scripts/module-cycles.py
 	$(CARGO) clippy --release --workspace --all-targets --locked -- -D warnings

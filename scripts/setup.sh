@@ -61,6 +61,9 @@ setup_host() {
     ensure_backports
     apt_install ca-certificates pkg-config python3 python3-pip python3-venv
     apt_install glslang-tools spirv-tools libvulkan1 libvulkan-dev vulkan-tools vulkan-validationlayers
+    # The C ABI: its header generator (bookworm's 0.24.3; the header check
+    # compares with what this version makes) and a C compiler for c-load.
+    apt_install cbindgen gcc libc6-dev
     local major
     major=$(mesa_major || true)
     if [ -z "$major" ] || [ "$major" -lt 25 ]; then
@@ -71,11 +74,12 @@ setup_host() {
     fi
     major=$(mesa_major)
     [ "$major" -ge 25 ] || { log "Mesa $major installed, need >= 25"; exit 1; }
-    # Independent CRC-32C implementation used by the tests to check ours.
-    if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import crc32c' 2>/dev/null; then
-        log "creating Python venv with crc32c in $venv"
+    # Independent CRC-32C implementation used by the tests to check ours,
+    # and numpy for the C sample's independent sum64 (scripts/test-capi.sh).
+    if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import crc32c, numpy' 2>/dev/null; then
+        log "creating Python venv with crc32c and numpy in $venv"
         python3 -m venv "$venv"
-        "$venv/bin/pip" install -q crc32c
+        "$venv/bin/pip" install -q crc32c numpy
     fi
 }
 

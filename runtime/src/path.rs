@@ -119,6 +119,79 @@ pub enum ReasonCode {
 }
 
 impl ReasonCode {
+    /// The runtime's own reasons, in number order ([`ReasonCode::number`]).
+    pub const RUNTIME: [ReasonCode; 9] = [
+        ReasonCode::ModuleAbsent,
+        ReasonCode::ModuleUnusable,
+        ReasonCode::NoDmaHeap,
+        ReasonCode::MissingExtension,
+        ReasonCode::NotMappable,
+        ReasonCode::NoLease,
+        ReasonCode::ImportFailed,
+        ReasonCode::DeviceLimit,
+        ReasonCode::ReadOnlyPath,
+    ];
+
+    /// The first number after the kernel's range (0..=99).
+    pub const FIRST_RUNTIME_NUMBER: u32 = 100;
+
+    /// The stable number of this reason in the one table shared with the
+    /// kernel module and the C ABI (`dmafile.h`): a kernel reason keeps
+    /// its uapi number (`enum dmafile_reason`, below 100), a runtime
+    /// reason has its own from 100. Never renumber, only add.
+    pub fn number(self) -> u32 {
+        match self {
+            ReasonCode::Kernel(r) => r.code(),
+            ReasonCode::ModuleAbsent => 100,
+            ReasonCode::ModuleUnusable => 101,
+            ReasonCode::NoDmaHeap => 102,
+            ReasonCode::MissingExtension => 103,
+            ReasonCode::NotMappable => 104,
+            ReasonCode::NoLease => 105,
+            ReasonCode::ImportFailed => 106,
+            ReasonCode::DeviceLimit => 107,
+            ReasonCode::ReadOnlyPath => 108,
+        }
+    }
+
+    /// The reason `n` numbers ([`ReasonCode::number`]): below 100 a kernel
+    /// reason (one newer than this crate is `Kernel(MapReason::Unknown)`),
+    /// from 100 a runtime reason, or `None` for a number no reason has.
+    pub fn from_number(n: u32) -> Option<ReasonCode> {
+        if n < Self::FIRST_RUNTIME_NUMBER {
+            return Some(ReasonCode::Kernel(MapReason::from_code(n)));
+        }
+        Self::RUNTIME.into_iter().find(|c| c.number() == n)
+    }
+
+    /// A sentence for users (docs/runtime.md's reason table).
+    pub fn describe(self) -> &'static str {
+        match self {
+            ReasonCode::ModuleAbsent => "dmafile.ko is not loaded: load it for the direct path",
+            ReasonCode::ModuleUnusable => {
+                "/dev/dmafile exists but cannot be opened, or speaks another ABI version"
+            }
+            ReasonCode::Kernel(r) => r.describe(),
+            ReasonCode::NoDmaHeap => {
+                "the kernel has no system dma-buf heap (CONFIG_DMABUF_HEAPS_SYSTEM)"
+            }
+            ReasonCode::MissingExtension => {
+                "the Vulkan device lacks (or the application did not enable) an extension the path needs"
+            }
+            ReasonCode::NotMappable => {
+                "the file cannot be mapped: a pseudo-file or a filesystem without mmap"
+            }
+            ReasonCode::NoLease => {
+                "the host path could not lease the file: open for writing elsewhere, not yours, or a filesystem without leases"
+            }
+            ReasonCode::ImportFailed => "the driver refused to import the memory",
+            ReasonCode::DeviceLimit => "the request exceeds a device limit on this path",
+            ReasonCode::ReadOnlyPath => {
+                "the path cannot carry the device's writes back to the file"
+            }
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             ReasonCode::ModuleAbsent => "module-absent",
@@ -200,3 +273,34 @@ pub struct PathAvailability {
 pub const MODULE_DEVICE: &str = "/dev/dmafile";
 /// The system dma-buf heap.
 pub const SYSTEM_HEAP: &str = "/dev/dma_heap/system";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_numbers_round_trip_and_do_not_overlap() {
+        let mut seen = std::collections::HashSet::new();
+        for &m in MapReason::ALL {
+            let c = ReasonCode::Kernel(m);
+            assert!(c.number() < ReasonCode::FIRST_RUNTIME_NUMBER);
+            assert_eq!(ReasonCode::from_number(c.number()), Some(c));
+            assert!(seen.insert(c.number()));
+        }
+        for (i, c) in ReasonCode::RUNTIME.into_iter().enumerate() {
+            let n = c.number();
+            assert_eq!(n, ReasonCode::FIRST_RUNTIME_NUMBER + i as u32, "{c}");
+            assert_eq!(ReasonCode::from_number(n), Some(c));
+            assert!(seen.insert(n), "{n} numbered twice");
+            assert!(!c.describe().is_empty());
+        }
+        // Numbers nobody has yet, and the kernel's future ones.
+        assert_eq!(ReasonCode::from_number(109), None);
+        assert_eq!(
+            ReasonCode::from_number(77),
+            Some(ReasonCode::Kernel(MapReason::Unknown(77)))
+        );
+        assert_eq!(ReasonCode::ModuleAbsent.number(), 100);
+        assert_eq!(ReasonCode::Kernel(MapReason::BeyondEof).number(), 9);
+    }
+}

@@ -263,6 +263,12 @@ impl Region {
         self.written.set(true);
     }
 
+    /// Bytes the CPU copied to make the range visible so far (0 on the
+    /// direct and host paths); [`Region::finish`] reports the total.
+    pub fn cpu_copied_bytes(&self) -> u64 {
+        self.cpu_copied
+    }
+
     /// Whether shaders may write this region.
     pub fn writable(&self) -> bool {
         self.access == Access::ReadWrite

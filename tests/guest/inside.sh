@@ -114,7 +114,7 @@ fi
 
 dmesg >"$out/dmesg-boot.txt"
 dmesg -C
-export DMAFILE_KO=$ko DMAFILE_DKMS=$out/dkms DMAFILE_VKMS=$out/vkms.ko DMAFILE_VKMS_OFFSET_BUG=$out/vkms-offset-bug.ko DMAFILE_MOUNTS=$mounts DMAFILE_PMEM=$pmem RUST_BACKTRACE=1
+export DMAFILE_KO=$ko DMAFILE_DKMS=$out/dkms DMAFILE_VKMS=$out/vkms.ko DMAFILE_VKMS_OFFSET_BUG=$out/vkms-offset-bug.ko DMAFILE_MOUNTS=$mounts DMAFILE_PMEM=$pmem DMAFILE_C_LOAD=$out/capi/bin/c-load RUST_BACKTRACE=1
 "$bin" "${filters[@]}" 2>&1 | tee "$out/guest-tests.log"
 rc=${PIPESTATUS[0]}
 

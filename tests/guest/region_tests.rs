@@ -20,7 +20,7 @@ use crate::util::*;
 use crate::TestFn;
 
 pub fn all() -> Vec<(String, TestFn)> {
-    let t: [(&str, TestFn); 8] = [
+    let t: [(&str, TestFn); 9] = [
         ("region/read-every-fs", Box::new(read_every_fs)),
         ("region/write-tmpfs", Box::new(write_tmpfs)),
         (
@@ -35,6 +35,7 @@ pub fn all() -> Vec<(String, TestFn)> {
         ),
         ("sample/safetensors-direct", Box::new(safetensors_direct)),
         ("sample/vk-load-direct", Box::new(vk_load_direct)),
+        ("sample/c-load-direct", Box::new(c_load_direct)),
     ];
     t.into_iter().map(|(n, f)| (n.to_string(), f)).collect()
 }
@@ -378,6 +379,51 @@ fn vk_load_direct(c: &Ctx) -> TestResult {
             r["verified"],
             r["cpu_copied_bytes"]
         );
+        std::fs::remove_file(&f)?;
+    }
+    Ok(())
+}
+
+/// samples/c-load, the C application, built by run.sh against the C ABI
+/// installed into a prefix (`make install`, then `cc $(pkg-config ...)`):
+/// on `direct` it loads odd-sized ranges of files on ext4 and tmpfs into
+/// its own buffer with no CPU copy, and its sum64 is the one computed here
+/// from the file's bytes.
+fn c_load_direct(c: &Ctx) -> TestResult {
+    let bin = std::env::var_os("DMAFILE_C_LOAD")
+        .ok_or("DMAFILE_C_LOAD is not set (tests/guest/run.sh installs c-load)")?;
+    let bytes: Vec<u8> = (0..(3u64 << 20) + 5)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let sum64 = |b: &[u8]| {
+        b.chunks(4).fold(0u64, |s, w| {
+            let mut x = [0u8; 4];
+            x[..w.len()].copy_from_slice(w);
+            s.wrapping_add(u32::from_le_bytes(x) as u64)
+        })
+    };
+    for fs in ["ext4", "tmpfs"] {
+        let f = write_file(c.fs(fs)?, "c-load.bin", &bytes);
+        for (off, len) in [(0u64, bytes.len() as u64), (4099, 1_000_001), (8192, 1)] {
+            let o = Command::new(&bin)
+                .arg(&f)
+                .args(["--offset", &off.to_string(), "--length", &len.to_string()])
+                .args(["--path", "direct"])
+                .output()?;
+            let out = String::from_utf8_lossy(&o.stdout);
+            ensure!(
+                o.status.success(),
+                "{fs} {off}+{len}: {:?}: {out} {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let want = sum64(&bytes[off as usize..(off + len) as usize]);
+            let line = format!("sum64={want} path=direct cpu_copied=0");
+            ensure!(
+                out.trim() == line,
+                "{fs} {off}+{len}: c-load printed {out:?}, want {line:?}"
+            );
+        }
         std::fs::remove_file(&f)?;
     }
     Ok(())

@@ -50,6 +50,14 @@ fi
 if [ "${DMAFILE_GUEST_KERNEL:-stock}" != debug ]; then
     "$here/scripts/dkms-check.sh" "$GUEST_KVER" "$out/dkms" 2> >(grep -v "^readelf: Warning" >&2)
 fi
+# The C ABI installed into a prefix the guest sees, and c-load built
+# against it with pkg-config, as an application would (sample/c-load-direct).
+make -s -C "$here" install PREFIX="$out/capi" >/dev/null
+PKG_CONFIG_PATH=$out/capi/lib/pkgconfig
+mkdir -p "$out/capi/bin"
+# shellcheck disable=SC2046 # pkg-config prints separate words
+cc -std=c11 -O2 -Wall -Werror -o "$out/capi/bin/c-load" "$here/samples/c-load/c-load.c" \
+    $(PKG_CONFIG_PATH=$PKG_CONFIG_PATH pkg-config --cflags --libs dmafile) -Wl,-rpath,"$out/capi/lib"
 # The tests' own knobs reach the guest through a file it sources.
 env | grep -E '^DMAFILE_(RACE_MS|FUZZ_SECS|FUZZ_SEED|GUEST_STUCK_SECS)=' >"$out/test.env" || true
 accel=(--disable-kvm)
