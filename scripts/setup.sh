@@ -71,11 +71,12 @@ setup_host() {
     fi
     major=$(mesa_major)
     [ "$major" -ge 25 ] || { log "Mesa $major installed, need >= 25"; exit 1; }
-    # Independent CRC-32C implementation used by the tests to check ours.
-    if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import crc32c' 2>/dev/null; then
-        log "creating Python venv with crc32c in $venv"
+    # Independent CRC-32C implementation used by the tests to check ours,
+    # and numpy for the C sample's independent sum64 (scripts/test-capi.sh).
+    if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import crc32c, numpy' 2>/dev/null; then
+        log "creating Python venv with crc32c and numpy in $venv"
         python3 -m venv "$venv"
-        "$venv/bin/pip" install -q crc32c
+        "$venv/bin/pip" install -q crc32c numpy
     fi
 }
 

@@ -204,24 +204,36 @@ impl Reader {
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        // The read queue waits for its own submissions (which signal
-        // `timeline`) and frees what they held.
-        self.rq = None;
         // A wait still staged in wgpu-hal would make wgpu's next
-        // submission wait on a destroyed semaphore: unstage every one. A
-        // submission may have taken one already: wait until wgpu's
-        // submissions so far are done.
+        // submission wait on a destroyed semaphore: unstage every one.
         // SAFETY: nothing is destroyed through the guard.
         if let Some(q) = unsafe { self.queue.as_hal::<Vulkan>() } {
             while q.remove_wait_semaphore(self.timeline) {}
         }
         if self.value > 0 {
-            if let Err(e) = self.device.poll(wgpu::PollType::wait_indefinitely()) {
-                log::error!("dmafile-wgpu: waiting for wgpu before dropping a Reader: {e}");
+            // Both semaphores (ours and the read queue's own) must be free
+            // of every batch that refers to them before they are
+            // destroyed. Seeing a semaphore signalled was not enough on
+            // lavapipe 25.0.7: destroying them right after (the read
+            // queue's drop waits only for its own value) crashed or hung
+            // `sum --read` in 10 of 30 runs, presumably because the queue
+            // thread still touches a batch's semaphores after signalling
+            // them. So submit an empty batch through wgpu after them and
+            // wait for it (0 of 70 runs failed since).
+            let index = self.queue.submit([]);
+            if let Err(e) = self.device.poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: None,
+            }) {
+                log::error!("dmafile-wgpu: waiting for the queue before dropping a Reader: {e}");
             }
         }
-        // SAFETY: no pending signal (the read queue waited) nor wait
-        // (unstaged, or its submission completed) uses it any more.
+        // The read queue waits for its own submissions (done already) and
+        // frees what they held.
+        self.rq = None;
+        // SAFETY: every batch that signals `timeline` (the read queue's)
+        // or waits on it (wgpu's) was submitted before the empty batch
+        // waited for above, and no wait is staged any more.
         unsafe { self.ash.destroy_semaphore(self.timeline, None) };
     }
 }
