@@ -74,7 +74,9 @@ impl Reader {
     /// bytes, and says whether it succeeded: trust results computed from
     /// `dst` only after that.
     ///
-    /// `dst` needs `COPY_DST` usage, `dst_offset` a multiple of 4, and
+    /// `dst` must be a buffer of this `Device` (wgpu's error handler
+    /// panics on another device's buffer, as for any wgpu call), with
+    /// `COPY_DST` usage; `dst_offset` a multiple of 4, and
     /// room for `len` rounded up to 4 bytes: the range is first cleared
     /// through wgpu (`clear_buffer`, so that wgpu's initialization
     /// tracker counts it as written and does not zero it on first use),
