@@ -45,6 +45,7 @@ test-host:
 	$(CARGO) test --release --workspace --locked --no-fail-fast
 	scripts/test-independent-crc.sh
 	CARGO=$(CARGO) scripts/test-capi.sh
+	CARGO=$(CARGO) scripts/test-wgpu.sh
 	scripts/package-check.sh
 	python3 scripts/module-cycles.py
 	$(CARGO) clippy --release --workspace --all-targets --locked -- -D warnings
