@@ -398,6 +398,27 @@ int dmafile_queue_submit(const dmafile_queue *queue,
                          uint64_t *ticket,
                          int32_t *reason);
 
+// `dmafile_queue_submit`, with the batch's copies waiting on the device
+// until each of the `wait_count` timelines in `waits` (the
+// application's semaphores) reaches its value: the application's own
+// work that still uses the destinations goes first, without its CPU
+// waiting. Thread-safe.
+//
+// # Safety
+// As `dmafile_queue_submit`; and `waits` holds `wait_count` timeline
+// semaphores of the device whose values are signalled by work already
+// submitted (or submitted by another thread without waiting for this
+// call): when all staging or imports are busy this call waits for the
+// queue's earlier copies, which may sit behind them.
+int dmafile_queue_submit_after(const dmafile_queue *queue,
+                               const dmafile_read_request *requests,
+                               size_t count,
+                               const dmafile_timeline *waits,
+                               size_t wait_count,
+                               const dmafile_timeline *signal,
+                               uint64_t *ticket,
+                               int32_t *reason);
+
 // Redeems `ticket`: blocks (`wait` non-zero) until its batch has
 // completed, or returns at once (`wait` 0) with `*done` 0 if it has
 // not. On completion `*done` is 1, up to `capacity` reports (one per

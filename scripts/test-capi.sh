@@ -147,14 +147,11 @@ else
     echo "ok   c-load (auto, upload) and errors.c under VK_LAYER_KHRONOS_validation: 0 messages"
 fi
 
-# Several threads on one lent device (tests/capi/threads.c): opt-in until
-# the read queue's drop no longer crashes lavapipe's queue thread (the
-# known issue written in threads.c and docs/integration.md).
-if [ "${DMAFILE_CAPI_THREADS:-0}" = 1 ]; then
-    "$work/threads" "$work/scratch" || fail "tests/capi/threads.c (exit $?)"
-else
-    echo "skip tests/capi/threads.c: DMAFILE_CAPI_THREADS=1 runs it (known lavapipe crash when a read queue is dropped while others work)"
-fi
+# Several threads on one lent device (tests/capi/threads.c), through auto
+# and through upload (path 4), whose read queues are dropped while the
+# others work.
+"$work/threads" "$work/scratch" || fail "tests/capi/threads.c (exit $?)"
+"$work/threads" "$work/scratch" 6 4 || fail "tests/capi/threads.c, upload (exit $?)"
 
 "$CARGO" test --release --locked -q -p dmafile-capi --features test-panic --test panic ||
     fail "capi/tests/panic.rs"

@@ -412,9 +412,15 @@ impl Fail {
 /// The one rule from a runtime error to an errno and a reason number.
 impl From<Error> for Fail {
     fn from(e: Error) -> Fail {
+        Fail::from(&e)
+    }
+}
+
+impl From<&Error> for Fail {
+    fn from(e: &Error) -> Fail {
         use dmafile_code::*;
         let msg = e.to_string();
-        let (errno, reason) = match &e {
+        let (errno, reason) = match e {
             Error::Io { source, .. } => (
                 source.raw_os_error().unwrap_or(libc::EIO),
                 DMAFILE_CODE_FILE_IO,
@@ -1115,7 +1121,79 @@ pub unsafe extern "C" fn dmafile_queue_submit(
     ticket: *mut u64,
     reason: *mut i32,
 ) -> c_int {
-    call("dmafile_queue_submit", reason, || {
+    // SAFETY: the caller's contract, with no waits.
+    unsafe {
+        submit_after(
+            "dmafile_queue_submit",
+            queue,
+            requests,
+            count,
+            std::ptr::null(),
+            0,
+            signal,
+            ticket,
+            reason,
+        )
+    }
+}
+
+/// `dmafile_queue_submit`, with the batch's copies waiting on the device
+/// until each of the `wait_count` timelines in `waits` (the
+/// application's semaphores) reaches its value: the application's own
+/// work that still uses the destinations goes first, without its CPU
+/// waiting. Thread-safe.
+///
+/// # Safety
+/// As `dmafile_queue_submit`; and `waits` holds `wait_count` timeline
+/// semaphores of the device whose values are signalled by work already
+/// submitted (or submitted by another thread without waiting for this
+/// call): when all staging or imports are busy this call waits for the
+/// queue's earlier copies, which may sit behind them.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn dmafile_queue_submit_after(
+    queue: *const dmafile_queue,
+    requests: *const dmafile_read_request,
+    count: usize,
+    waits: *const dmafile_timeline,
+    wait_count: usize,
+    signal: *const dmafile_timeline,
+    ticket: *mut u64,
+    reason: *mut i32,
+) -> c_int {
+    // SAFETY: per the caller.
+    unsafe {
+        submit_after(
+            "dmafile_queue_submit_after",
+            queue,
+            requests,
+            count,
+            waits,
+            wait_count,
+            signal,
+            ticket,
+            reason,
+        )
+    }
+}
+
+/// The body of both submits.
+///
+/// # Safety
+/// As `dmafile_queue_submit_after`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn submit_after(
+    name: &'static str,
+    queue: *const dmafile_queue,
+    requests: *const dmafile_read_request,
+    count: usize,
+    waits: *const dmafile_timeline,
+    wait_count: usize,
+    signal: *const dmafile_timeline,
+    ticket: *mut u64,
+    reason: *mut i32,
+) -> c_int {
+    call(name, reason, || {
         if ticket.is_null() {
             return Err(Fail::null("ticket"));
         }
@@ -1173,9 +1251,24 @@ pub unsafe extern "C" fn dmafile_queue_submit(
                 value: s.value,
             })
         };
+        if wait_count > 0 && waits.is_null() {
+            return Err(Fail::null("waits"));
+        }
+        let mut wait = Vec::with_capacity(wait_count);
+        for i in 0..wait_count {
+            // SAFETY: the caller's array of `wait_count` timelines.
+            let w = unsafe { *waits.add(i) };
+            if w.semaphore == vk::Semaphore::null() {
+                return Err(Fail::null(&format!("waits[{i}].semaphore")));
+            }
+            wait.push(TimelineSignal {
+                semaphore: w.semaphore,
+                value: w.value,
+            });
+        }
         let n = with_queue(queue, |s| {
             // SAFETY: per the caller (submit's contract, restated above).
-            let t = unsafe { s.q.submit(&reqs, signal) }?;
+            let t = unsafe { s.q.submit_after(&reqs, &wait, signal) }?;
             s.next += 1;
             s.tickets.insert(s.next, t);
             Ok(s.next)
@@ -1208,14 +1301,13 @@ fn fill_reports(
             message: [0; 256],
         };
         if let Some(e) = &r.error {
-            out.status = -libc::EIO;
-            // The runtime reports a request's failure as a sentence; its
-            // FileChanged error is the one that says "file changed".
-            out.reason = if e.contains("file changed") {
-                dmafile_code::DMAFILE_CODE_CHANGED_WHILE_READ
-            } else {
-                dmafile_code::DMAFILE_CODE_FILE_IO
-            } as i32;
+            // The same rule as a call's own errors, from the error itself.
+            let f = r.cause.as_deref().map_or(
+                Fail::new(libc::EIO, dmafile_code::DMAFILE_CODE_FILE_IO, e.clone()),
+                Fail::from,
+            );
+            out.status = -f.errno;
+            out.reason = f.reason_number;
             write_message(&mut out.message, e);
         } else if let Some(f) = r.fallbacks.first() {
             write_message(

@@ -92,6 +92,12 @@ fn every_entry_point_turns_a_panic_into_an_error() {
                 Box::new(|r| dmafile_queue_submit(null(), null(), 0, null(), ticket, r)),
             ),
             (
+                "dmafile_queue_submit_after",
+                Box::new(|r| {
+                    dmafile_queue_submit_after(null(), null(), 0, null(), 0, null(), ticket, r)
+                }),
+            ),
+            (
                 "dmafile_queue_redeem",
                 Box::new(|r| {
                     dmafile_queue_redeem(null(), 1, 1, done, null_mut(), 0, null_mut(), r)
@@ -125,5 +131,5 @@ fn every_entry_point_turns_a_panic_into_an_error() {
     let mut reason = -1;
     assert_eq!(dmafile_gpu_free(null_mut(), &mut reason), -libc::EBADF);
     assert_eq!(name(reason), "bad-handle");
-    assert_eq!(calls.len(), 12, "every entry point that returns an errno");
+    assert_eq!(calls.len(), 13, "every entry point that returns an errno");
 }

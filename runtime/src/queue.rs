@@ -112,6 +112,9 @@ pub struct RequestReport {
     pub seconds: f64,
     /// Why it failed: its destination bytes are then not the file's.
     pub error: Option<String>,
+    /// The error itself, to match on (its kind, a path's reason code).
+    #[serde(skip)]
+    pub cause: Option<Arc<Error>>,
 }
 
 impl RequestReport {
@@ -249,7 +252,7 @@ pub struct ReadQueue {
     batches: BTreeMap<u64, BatchState>,
     /// Requests found bad after their copies completed, as (batch,
     /// request, why), until their batch is redeemed.
-    late_errors: Vec<(u64, usize, String)>,
+    late_errors: Vec<(u64, usize, Arc<Error>)>,
     recording: Option<Recording>,
     /// The app's semaphores the batch being submitted waits for: every
     /// submission of the batch waits for them.
@@ -541,6 +544,7 @@ impl ReadQueue {
                 gpu_copied_bytes: 0,
                 seconds: 0.0,
                 error: None,
+                cause: None,
             })
             .collect();
         for (i, r) in requests.iter().enumerate() {
@@ -551,7 +555,10 @@ impl ReadQueue {
                         self.late_errors.retain(|&(b, _, _)| b != batch);
                         return Err(e);
                     }
-                    e => reports[i].error = Some(e.to_string()),
+                    e => {
+                        reports[i].error = Some(e.to_string());
+                        reports[i].cause = Some(Arc::new(e));
+                    }
                 }
             }
             reports[i].seconds = t.elapsed().as_secs_f64();
@@ -574,7 +581,10 @@ impl ReadQueue {
                 return true;
             }
             if let Some(r) = b.reports.get_mut(*i) {
-                r.error.get_or_insert_with(|| e.clone());
+                if r.error.is_none() {
+                    r.error = Some(e.to_string());
+                    r.cause = Some(e.clone());
+                }
             }
             false
         });
@@ -664,7 +674,7 @@ impl ReadQueue {
             }
             for h in f.held {
                 if let Err(e) = h.check() {
-                    self.late_errors.push((h.batch, h.request, e.to_string()));
+                    self.late_errors.push((h.batch, h.request, Arc::new(e)));
                 }
             }
             if let Some(cmd) = f.cmd {

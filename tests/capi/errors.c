@@ -248,6 +248,11 @@ int main(int argc, char **argv)
 	rc = dmafile_queue_submit(q, &req, 1, NULL, &ticket, &reason);
 	expect("queue_submit(missing file)", rc, reason, -ENOENT, DMAFILE_CODE_FILE_IO,
 	       "file-io");
+	req.file = file;
+	rc = dmafile_queue_submit_after(q, &req, 1, NULL, 1, NULL, &ticket, &reason);
+	expect("queue_submit_after(waits NULL, wait_count 1)", rc, reason, -EINVAL,
+	       DMAFILE_CODE_NULL_ARGUMENT, "null-argument");
+	req.file = missing;
 	uint32_t done;
 	rc = dmafile_queue_redeem(q, 12345, 1, &done, NULL, 0, NULL, &reason);
 	expect("queue_redeem(unknown ticket)", rc, reason, -EINVAL, DMAFILE_CODE_BAD_ARGUMENT,
