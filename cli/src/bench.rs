@@ -25,7 +25,8 @@ pub struct BenchOpts {
     /// Chunks in flight.
     #[arg(long, default_value_t = dmafile::stream::DEFAULT_DEPTH)]
     depth: usize,
-    /// Shader for the timed passes (every byte is read by it).
+    /// Shader for the timed passes (every byte is read by it; `none` is
+    /// refused: it would read nothing on host and direct).
     #[arg(long, default_value = "sum64", value_parser = crate::parse_shader)]
     shader: ShaderKind,
     /// Timed streaming runs per path after the first (the median is reported).
@@ -74,6 +75,15 @@ pub fn run(o: BenchOpts) -> Result<ExitCode, CliError> {
     if o.runs == 0 {
         return Err(CliError {
             msg: "--runs must be at least 1".into(),
+            code: 2,
+        });
+    }
+    if o.shader == ShaderKind::None {
+        // With no shader the host and direct paths map the file and never
+        // read it: the figure would be the cost of a mapping, reported as
+        // a read of every byte.
+        return Err(CliError {
+            msg: "--shader none: bench times reads of every byte, and with no shader the host and direct paths read none (the mapping alone would be timed); use crc32c, sum64 or histogram".into(),
             code: 2,
         });
     }

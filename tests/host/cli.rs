@@ -364,6 +364,14 @@ fn bench_prints_ratios_against_baselines() {
         s.contains("vs pread") && s.contains("baselines: pread"),
         "{s}"
     );
+    // No shader would time a mapping as a read of every byte: refused.
+    let o = dmafile(&["bench", f.to_str().unwrap(), "--shader", "none"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("--shader none") && e.contains("read none"),
+        "{e}"
+    );
 }
 
 #[test]
