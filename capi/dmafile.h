@@ -366,8 +366,9 @@ int dmafile_region_cmd_barrier(const dmafile_region *region,
                                VkAccessFlags access,
                                int32_t *reason);
 
-// Frees the region: its Vulkan objects are destroyed, so every
-// submission using them must have completed. Thread-safe.
+// Frees the region: its Vulkan objects are destroyed before this
+// returns (after any call of another thread on it), so every submission
+// using them must have completed. Thread-safe.
 int dmafile_region_free(dmafile_region *region, int32_t *reason);
 
 // A read queue on the lent device; `options` may be NULL (defaults).
@@ -406,10 +407,12 @@ int dmafile_queue_submit(const dmafile_queue *queue,
 //
 // # Safety
 // As `dmafile_queue_submit`; and `waits` holds `wait_count` timeline
-// semaphores of the device whose values are signalled by work already
-// submitted (or submitted by another thread without waiting for this
-// call): when all staging or imports are busy this call waits for the
-// queue's earlier copies, which may sit behind them.
+// semaphores of the device whose values are signalled by the host or by
+// work submitted earlier on the lent queue or on another queue, never by
+// a later submission on the lent queue (a signal there waits for every
+// earlier command, these copies included): when all staging or imports
+// are busy this call waits for the queue's earlier copies, which may sit
+// behind them.
 int dmafile_queue_submit_after(const dmafile_queue *queue,
                                const dmafile_read_request *requests,
                                size_t count,
@@ -425,7 +428,10 @@ int dmafile_queue_submit_after(const dmafile_queue *queue,
 // request, in submission order) are written to `reports` (NULL to skip),
 // `*count` (if not NULL) is the batch's number of requests, and the
 // ticket is redeemed (using it again is `-EINVAL`). A failed request is
-// not an error of this call: see each report's `status`. Thread-safe.
+// not an error of this call: see each report's `status`. Thread-safe;
+// a blocking redeem holds the queue, so other calls on the same queue
+// handle wait for it: do not make the batch's completion depend on one
+// (give each thread its own queue, or redeem with `wait` 0).
 //
 // # Safety
 // `reports` is NULL or holds `capacity` reports.
@@ -439,7 +445,9 @@ int dmafile_queue_redeem(const dmafile_queue *queue,
                          int32_t *reason);
 
 // Frees the queue after waiting for its own submissions (not the
-// application's work). Tickets not redeemed are dropped. Thread-safe.
+// application's work): a call of another thread on it (a blocking
+// redeem) finishes first, and everything of the queue is gone when this
+// returns. Tickets not redeemed are dropped. Thread-safe.
 int dmafile_queue_free(dmafile_queue *queue, int32_t *reason);
 
 #ifdef __cplusplus

@@ -302,8 +302,8 @@ pub struct dmafile_queue {
 enum Object {
     Gpu(Gpu),
     /// The region and the queue family of the device it was opened on.
-    Region(Mutex<Region>, u32),
-    Queue(Mutex<QueueState>),
+    Region(Mutex<Option<Region>>, u32),
+    Queue(Mutex<Option<QueueState>>),
 }
 
 impl Object {
@@ -367,6 +367,41 @@ fn unregister<T>(p: *const T, want: &'static str) -> Result<Arc<Object>, Fail> {
             "{p:p} is not a live {want} handle (freed already, or never made by dmafile)"
         ))
     })
+}
+
+/// The object behind a handle, locked: an error if an earlier call
+/// panicked while it held it (the object may be half-updated; only freeing
+/// it is allowed) or if another thread freed it meanwhile.
+fn live<'a, P, T>(
+    p: *const P,
+    m: &'a Mutex<Option<T>>,
+) -> Result<std::sync::MutexGuard<'a, Option<T>>, Fail> {
+    let g = m.lock().map_err(|_| {
+        Fail::new(
+            libc::ENOTRECOVERABLE,
+            dmafile_code::DMAFILE_CODE_INTERNAL_PANIC,
+            format!("{p:p} was left unusable by an internal panic in an earlier call: free it"),
+        )
+    })?;
+    if g.is_none() {
+        return Err(Fail::bad_handle(format!(
+            "{p:p} was freed by another thread"
+        )));
+    }
+    Ok(g)
+}
+
+/// Frees the object behind a handle now, in this call: waits for a call
+/// of another thread that holds it, then drops it (its Vulkan objects are
+/// gone when this returns, so the app may destroy its device next).
+fn free_now<T>(p: *const T, want: &'static str) -> Result<(), Fail> {
+    let o = unregister(p, want)?;
+    match &*o {
+        Object::Region(m, _) => drop(m.lock().unwrap_or_else(|e| e.into_inner()).take()),
+        Object::Queue(m) => drop(m.lock().unwrap_or_else(|e| e.into_inner()).take()),
+        Object::Gpu(_) => {}
+    }
+    Ok(())
 }
 
 fn gpu_of(p: *const dmafile_gpu) -> Result<Gpu, Fail> {
@@ -927,7 +962,12 @@ pub unsafe extern "C" fn dmafile_region_open(
             },
         )?;
         // SAFETY: non-NULL, the caller's.
-        unsafe { out.write(register(Object::Region(Mutex::new(r), g.queue_family()))) };
+        unsafe {
+            out.write(register(Object::Region(
+                Mutex::new(Some(r)),
+                g.queue_family(),
+            )))
+        };
         Ok(())
     })
 }
@@ -938,7 +978,7 @@ fn with_region<T>(
 ) -> Result<T, Fail> {
     let o = lookup(region, "dmafile_region")?;
     match &*o {
-        Object::Region(m, family) => f(&m.lock().unwrap_or_else(|e| e.into_inner()), *family),
+        Object::Region(m, family) => f(live(region, m)?.as_ref().expect("live"), *family),
         _ => unreachable!("lookup checked the kind"),
     }
 }
@@ -1024,12 +1064,13 @@ pub unsafe extern "C" fn dmafile_region_cmd_barrier(
     })
 }
 
-/// Frees the region: its Vulkan objects are destroyed, so every
-/// submission using them must have completed. Thread-safe.
+/// Frees the region: its Vulkan objects are destroyed before this
+/// returns (after any call of another thread on it), so every submission
+/// using them must have completed. Thread-safe.
 #[no_mangle]
 pub extern "C" fn dmafile_region_free(region: *mut dmafile_region, reason: *mut i32) -> c_int {
     call("dmafile_region_free", reason, || {
-        unregister(region, "dmafile_region").map(drop)
+        free_now(region, "dmafile_region")
     })
 }
 
@@ -1070,11 +1111,11 @@ pub unsafe extern "C" fn dmafile_queue_new(
         let q = ReadQueue::new(&g, opts)?;
         // SAFETY: non-NULL, the caller's.
         unsafe {
-            out.write(register(Object::Queue(Mutex::new(QueueState {
+            out.write(register(Object::Queue(Mutex::new(Some(QueueState {
                 q,
                 tickets: HashMap::new(),
                 next: 0,
-            }))))
+            })))))
         };
         Ok(())
     })
@@ -1094,7 +1135,7 @@ fn with_queue<T>(
 ) -> Result<T, Fail> {
     let o = lookup(queue, "dmafile_queue")?;
     match &*o {
-        Object::Queue(m) => f(&mut m.lock().unwrap_or_else(|e| e.into_inner())),
+        Object::Queue(m) => f(live(queue, m)?.as_mut().expect("live")),
         _ => unreachable!("lookup checked the kind"),
     }
 }
@@ -1145,10 +1186,12 @@ pub unsafe extern "C" fn dmafile_queue_submit(
 ///
 /// # Safety
 /// As `dmafile_queue_submit`; and `waits` holds `wait_count` timeline
-/// semaphores of the device whose values are signalled by work already
-/// submitted (or submitted by another thread without waiting for this
-/// call): when all staging or imports are busy this call waits for the
-/// queue's earlier copies, which may sit behind them.
+/// semaphores of the device whose values are signalled by the host or by
+/// work submitted earlier on the lent queue or on another queue, never by
+/// a later submission on the lent queue (a signal there waits for every
+/// earlier command, these copies included): when all staging or imports
+/// are busy this call waits for the queue's earlier copies, which may sit
+/// behind them.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn dmafile_queue_submit_after(
@@ -1327,7 +1370,10 @@ fn fill_reports(
 /// request, in submission order) are written to `reports` (NULL to skip),
 /// `*count` (if not NULL) is the batch's number of requests, and the
 /// ticket is redeemed (using it again is `-EINVAL`). A failed request is
-/// not an error of this call: see each report's `status`. Thread-safe.
+/// not an error of this call: see each report's `status`. Thread-safe;
+/// a blocking redeem holds the queue, so other calls on the same queue
+/// handle wait for it: do not make the batch's completion depend on one
+/// (give each thread its own queue, or redeem with `wait` 0).
 ///
 /// # Safety
 /// `reports` is NULL or holds `capacity` reports.
@@ -1376,10 +1422,12 @@ pub unsafe extern "C" fn dmafile_queue_redeem(
 }
 
 /// Frees the queue after waiting for its own submissions (not the
-/// application's work). Tickets not redeemed are dropped. Thread-safe.
+/// application's work): a call of another thread on it (a blocking
+/// redeem) finishes first, and everything of the queue is gone when this
+/// returns. Tickets not redeemed are dropped. Thread-safe.
 #[no_mangle]
 pub extern "C" fn dmafile_queue_free(queue: *mut dmafile_queue, reason: *mut i32) -> c_int {
     call("dmafile_queue_free", reason, || {
-        unregister(queue, "dmafile_queue").map(drop)
+        free_now(queue, "dmafile_queue")
     })
 }

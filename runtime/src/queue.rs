@@ -361,10 +361,12 @@ impl ReadQueue {
     ///
     /// # Safety
     /// As [`ReadQueue::submit`]; and each wait's semaphore is a timeline
-    /// semaphore of the device whose value is signalled by work already
-    /// submitted (or submitted by another thread without waiting for this
-    /// call): when all staging or imports are busy, this call waits for
-    /// the queue's earlier copies, which may sit behind these waits.
+    /// semaphore of the device whose value is signalled by the host or by
+    /// work submitted earlier on the `Gpu`'s queue or on another queue,
+    /// never by a later submission on the `Gpu`'s queue (a signal there
+    /// waits for every earlier command, these copies included): when all
+    /// staging or imports are busy, this call waits for the queue's
+    /// earlier copies, which may sit behind these waits.
     pub unsafe fn submit_after(
         &mut self,
         requests: &[ReadRequest],
@@ -373,23 +375,34 @@ impl ReadQueue {
     ) -> Result<Ticket> {
         check_requests(requests)?;
         self.reclaim()?;
+        let batch = next_batch();
         self.waits = waits.to_vec();
-        let (batch, reports) = match self.record_batch(requests, None) {
+        // Always submitted, even with nothing recorded: the app's
+        // semaphore must be signalled.
+        let r = self
+            .record_batch(batch, requests, false)
+            .and_then(|reports| Ok((reports, self.flush(signal)?)));
+        self.waits.clear();
+        let (reports, last_value) = match r {
             Ok(r) => r,
             Err(e) => {
-                // The device itself failed: nothing the batch submitted
-                // may land after this returns.
-                self.waits.clear();
+                // The device itself failed: what was recorded is freed
+                // unsubmitted, and what was submitted is waited for, so
+                // nothing of the batch lands after this returns.
+                if let Some(rec) = self.recording.take() {
+                    // SAFETY: the queue's own, never submitted.
+                    unsafe {
+                        self.dev()
+                            .device
+                            .free_command_buffers(self.pool, &[rec.cmd])
+                    };
+                }
                 let _ = self.wait_value(self.submitted);
                 let _ = self.reclaim();
+                self.late_errors.retain(|&(b, _, _)| b != batch);
                 return Err(e);
             }
         };
-        // Always submitted, even with nothing recorded: the app's
-        // semaphore must be signalled.
-        let last_value = self.flush(signal);
-        self.waits.clear();
-        let last_value = last_value?;
         self.batches.insert(
             batch,
             BatchState {
@@ -428,7 +441,10 @@ impl ReadQueue {
     ///   `completes.value` (or more) no earlier than `cmd` completes; or,
     ///   if it does not (the recording failed, the app changed its mind),
     ///   it calls [`ReadQueue::discard`] before dropping the queue.
-    ///   Dropping the queue waits for `completes`.
+    ///   Dropping the queue waits for `completes`. `completes.semaphore`
+    ///   lives until the batch is redeemed ([`ReadQueue::poll`] gave its
+    ///   report, or [`ReadQueue::wait`] returned) or discarded, or the
+    ///   queue is dropped.
     /// - On an error, `cmd` may hold part of the batch: reset or free it;
     ///   do not submit it.
     pub unsafe fn record(
@@ -439,19 +455,24 @@ impl ReadQueue {
     ) -> Result<Ticket> {
         check_requests(requests)?;
         self.reclaim()?;
-        if self
+        let taken = self
             .in_flight
             .iter()
             .any(|f| f.done == Done::App(completes))
-        {
+            || self
+                .batches
+                .values()
+                .any(|b| b.done == Done::App(completes));
+        if taken || self.is_done(Done::App(completes))? {
             return Err(Error::Config {
                 setting: "completes",
                 msg: format!(
-                    "value {} of this semaphore already completes another recorded batch: give each batch its own value",
+                    "value {} of this semaphore is reached already or completes another recorded batch: give each batch a new value above the semaphore's",
                     completes.value
                 ),
             });
         }
+        debug_assert!(self.recording.is_none(), "submit flushes its own recording");
         self.recording = Some(Recording {
             cmd,
             app: Some(completes),
@@ -460,8 +481,11 @@ impl ReadQueue {
             fill: None,
             bytes: 0,
         });
-        match self.record_batch(requests, Some(completes)) {
-            Ok((batch, reports)) => {
+        // SAFETY: the app's command buffer, recording (record's contract).
+        unsafe { cmd_order_after_earlier(&self.gpu.shared.device, cmd) };
+        let batch = next_batch();
+        match self.record_batch(batch, requests, true) {
+            Ok(reports) => {
                 let rec = self.recording.take().expect("recording the app's");
                 for &i in &rec.staging {
                     self.staging[i].busy_until = Done::App(completes);
@@ -485,6 +509,7 @@ impl ReadQueue {
                 // The app must not submit `cmd` now: what it would have
                 // read is released here.
                 self.recording = None;
+                self.late_errors.retain(|&(b, _, _)| b != batch);
                 Err(e)
             }
         }
@@ -525,12 +550,10 @@ impl ReadQueue {
     /// device failure is the error.
     fn record_batch(
         &mut self,
+        batch: u64,
         requests: &[ReadRequest],
-        app: Option<TimelineSignal>,
-    ) -> Result<(u64, Vec<RequestReport>)> {
-        // Numbered across the process, so a ticket only redeems at its queue.
-        static NEXT_BATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let batch = NEXT_BATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        into_app: bool,
+    ) -> Result<Vec<RequestReport>> {
         let mut reports: Vec<RequestReport> = requests
             .iter()
             .map(|r| RequestReport {
@@ -549,12 +572,9 @@ impl ReadQueue {
             .collect();
         for (i, r) in requests.iter().enumerate() {
             let t = Instant::now();
-            if let Err(e) = self.record_request(batch, i, r, &mut reports[i], app.is_some()) {
+            if let Err(e) = self.record_request(batch, i, r, &mut reports[i], into_app) {
                 match e {
-                    Error::Vulkan { .. } | Error::NoVulkan(_) | Error::DeviceUnsuitable { .. } => {
-                        self.late_errors.retain(|&(b, _, _)| b != batch);
-                        return Err(e);
-                    }
+                    e if batch_fatal(&e) => return Err(e),
                     e => {
                         reports[i].error = Some(e.to_string());
                         reports[i].cause = Some(Arc::new(e));
@@ -563,7 +583,7 @@ impl ReadQueue {
             }
             reports[i].seconds = t.elapsed().as_secs_f64();
         }
-        Ok((batch, reports))
+        Ok(reports)
     }
 
     /// The batch's report if it has completed, without blocking.
@@ -672,6 +692,15 @@ impl ReadQueue {
                     continue;
                 }
             }
+            if let Done::App(_) = f.done {
+                // Its staging is free: the app's semaphore is not asked
+                // about again (the app may destroy it once redeemed).
+                for s in &mut self.staging {
+                    if s.busy_until == f.done {
+                        s.busy_until = Done::Own(0);
+                    }
+                }
+            }
             for h in f.held {
                 if let Err(e) = h.check() {
                     self.late_errors.push((h.batch, h.request, Arc::new(e)));
@@ -721,24 +750,8 @@ impl ReadQueue {
             unsafe { d.free_command_buffers(self.pool, &[cmd]) };
             return Err(e);
         }
-        // This submission's copies come after every transfer earlier on
-        // the queue: the queue's own earlier copies (a destination written
-        // by two batches ends with the later one's bytes) and the app's.
-        let order = [vk::MemoryBarrier::default()
-            .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-            .dst_access_mask(vk::AccessFlags::TRANSFER_WRITE)];
         // SAFETY: recording.
-        unsafe {
-            d.cmd_pipeline_barrier(
-                cmd,
-                vk::PipelineStageFlags::TRANSFER,
-                vk::PipelineStageFlags::TRANSFER,
-                vk::DependencyFlags::empty(),
-                &order,
-                &[],
-                &[],
-            )
-        };
+        unsafe { cmd_order_after_earlier(d, cmd) };
         self.recording = Some(Recording {
             cmd,
             app: None,
@@ -1081,6 +1094,62 @@ impl ReadQueue {
         self.recording.as_mut().expect("recording").bytes += n;
         Ok(())
     }
+}
+
+/// Numbers a new batch, across the process, so a ticket only redeems at
+/// its queue.
+fn next_batch() -> u64 {
+    static NEXT_BATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT_BATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Whether `e`, met while recording a request, ends the whole batch: the
+/// device lost, or the queue's own command buffers, submissions and
+/// waits failing. A path failing to import a range fails its request.
+fn batch_fatal(e: &Error) -> bool {
+    match e {
+        Error::Vulkan {
+            result: vk::Result::ERROR_DEVICE_LOST,
+            ..
+        } => true,
+        Error::Vulkan { call, .. } => matches!(
+            *call,
+            "vkQueueSubmit"
+                | "vkEndCommandBuffer"
+                | "vkBeginCommandBuffer"
+                | "vkAllocateCommandBuffers"
+                | "vkWaitSemaphores"
+                | "vkGetSemaphoreCounterValue"
+        ),
+        Error::NoVulkan(_) | Error::DeviceUnsuitable { .. } => true,
+        _ => false,
+    }
+}
+
+/// Records a barrier that orders the copies recorded after it behind
+/// every command earlier on the queue: the queue's own earlier copies (a
+/// destination written by two batches ends with the later one's bytes)
+/// and the app's earlier reads and writes of the destinations.
+///
+/// # Safety
+/// `cmd` is a command buffer of `d` in the recording state, outside a
+/// render pass.
+unsafe fn cmd_order_after_earlier(d: &ash::Device, cmd: vk::CommandBuffer) {
+    let order = [vk::MemoryBarrier::default()
+        .src_access_mask(vk::AccessFlags::MEMORY_WRITE)
+        .dst_access_mask(vk::AccessFlags::TRANSFER_WRITE)];
+    // SAFETY: per the caller.
+    unsafe {
+        d.cmd_pipeline_barrier(
+            cmd,
+            vk::PipelineStageFlags::ALL_COMMANDS,
+            vk::PipelineStageFlags::TRANSFER,
+            vk::DependencyFlags::empty(),
+            &order,
+            &[],
+            &[],
+        )
+    };
 }
 
 /// What one piece is copied from.

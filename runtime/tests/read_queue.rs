@@ -613,6 +613,12 @@ fn requests_recorded_into_the_apps_command_buffer_land_when_the_app_submits_it()
             d.cmd_copy_buffer(cb, out.buffer, host.buffer, &region);
         }
         app.submit_signal(&g, cb, sem, 2);
+        // The app waits for its own value first. (Waiting for 1 while
+        // only 2 is ever signalled trips a false "Timeout waiting for
+        // timeline semaphore state to update" in validation layers 1.3.239
+        // when the wait starts before the signal; the layer says it is
+        // most likely its own bug.)
+        assert!(app.wait(sem, 2, 60), "the app's submission never completed");
         let r_host = q.wait(t_host).unwrap();
         let r_up = q_up.wait(t_up).unwrap();
         assert!(r_host.ok() && r_up.ok(), "{r_host:?} {r_up:?}");
@@ -631,12 +637,18 @@ fn requests_recorded_into_the_apps_command_buffer_land_when_the_app_submits_it()
             let have = &got[r.dst_offset as usize..(r.dst_offset + r.len) as usize];
             assert!(want[..] == *have, "{} landed wrong", r.file.display());
         }
-        drop((q, q_up));
-        // SAFETY: idle.
+        // Redeemed: the app may destroy its semaphore, and the staging
+        // the recorded batch used serves the next batch without the queue
+        // asking the destroyed semaphore (the validation run would say).
+        // SAFETY: idle; both batches redeemed.
         unsafe {
             app.device.destroy_command_pool(pool, None);
             app.device.destroy_semaphore(sem, None);
         }
+        let again = [req(&fs[3].0, 0, fs[3].1.len() as u64, dst(&out), 0)];
+        let t = submit(&mut q_up, &again, None).unwrap();
+        assert!(q_up.wait(t).unwrap().ok());
+        drop((q, q_up));
         app.destroy(out);
         app.destroy(host);
         assert_eq!(open_fds(), fds, "recorded batches leaked descriptors");
@@ -677,9 +689,22 @@ fn a_recorded_batch_that_does_not_fit_fails_its_overflow_and_can_be_discarded() 
         assert!(
             again
                 .to_string()
-                .contains("already completes another recorded batch"),
+                .contains("completes another recorded batch"),
             "{again}"
         );
+        // A value the semaphore has reached would make a batch look done
+        // before the app submitted it.
+        let other = app.timeline();
+        app.signal(other, 5);
+        let reached = TimelineSignal {
+            semaphore: other,
+            value: 3,
+        };
+        // SAFETY: as above.
+        let e = unsafe { q.record(cb, &reqs[..1], reached) }.expect_err("reached value");
+        assert!(e.to_string().contains("reached already"), "{e}");
+        // SAFETY: idle.
+        unsafe { app.device.destroy_semaphore(other, None) };
         // The app changes its mind: the recording is thrown away.
         // SAFETY: never submitted.
         unsafe {
