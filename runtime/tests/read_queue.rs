@@ -510,31 +510,6 @@ fn files(dir: &TempDir, sizes: &[usize], seed: u64) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
-/// A command buffer of the app's, begun, from a pool it returns.
-fn app_cmd(app: &App) -> (ash::vk::CommandPool, ash::vk::CommandBuffer) {
-    use ash::vk;
-    let d = &app.device;
-    // SAFETY: the app's own objects.
-    unsafe {
-        let pool = d
-            .create_command_pool(
-                &vk::CommandPoolCreateInfo::default().queue_family_index(app.family),
-                None,
-            )
-            .unwrap();
-        let cb = d
-            .allocate_command_buffers(
-                &vk::CommandBufferAllocateInfo::default()
-                    .command_pool(pool)
-                    .command_buffer_count(1),
-            )
-            .unwrap()[0];
-        d.begin_command_buffer(cb, &vk::CommandBufferBeginInfo::default())
-            .unwrap();
-        (pool, cb)
-    }
-}
-
 /// Two batches recorded into one command buffer of the app's (through
 /// host and through upload), followed by the app's own copy of the
 /// destination: nothing lands before the app submits; after, the app's own
@@ -562,7 +537,7 @@ fn requests_recorded_into_the_apps_command_buffer_land_when_the_app_submits_it()
             ..small(PathChoice::Only(PathKind::Upload))
         };
         let mut q_up = ReadQueue::new(&g, opts).unwrap();
-        let (pool, cb) = app_cmd(&app);
+        let (pool, cb) = app.begin_cmd();
         let mut at = 3u64;
         let mut batch = |q: &mut ReadQueue, value: u64| {
             let reqs: Vec<ReadRequest> = fs
@@ -673,7 +648,7 @@ fn a_recorded_batch_that_does_not_fit_fails_its_overflow_and_can_be_discarded() 
         let out = app.buffer(1 << 20, false);
         let sem = app.timeline();
         let mut q = ReadQueue::new(&g, small(PathChoice::Only(PathKind::Upload))).unwrap();
-        let (pool, cb) = app_cmd(&app);
+        let (pool, cb) = app.begin_cmd();
         let reqs = vec![
             req(&fs[0].0, 0, 100 << 10, dst(&out), 0),
             req(&fs[1].0, 0, 100 << 10, dst(&out), 200 << 10),
@@ -719,7 +694,7 @@ fn a_recorded_batch_that_does_not_fit_fails_its_overflow_and_can_be_discarded() 
         // Submitted this time: the first request lands, the second reports
         // why it was not recorded.
         let mut q = ReadQueue::new(&g, small(PathChoice::Only(PathKind::Upload))).unwrap();
-        let (pool, cb) = app_cmd(&app);
+        let (pool, cb) = app.begin_cmd();
         // SAFETY: as above; submitted below.
         let t = unsafe { q.record(cb, &reqs, completes) }.unwrap();
         app.submit_signal(&g, cb, sem, 1);

@@ -121,14 +121,11 @@ impl App {
         self.destroy(b);
     }
 
-    /// Records `record` into a command buffer of the app's, then makes its
-    /// transfers visible to the host, submits it to queue 0 (under `gpu`'s
-    /// queue lock when given, as an app sharing the queue with dmafile
-    /// must) and waits for it.
-    pub fn run(&self, gpu: Option<&Gpu>, record: impl FnOnce(vk::CommandBuffer)) {
+    /// A command buffer of the app's, begun, from a pool of its queue
+    /// family that it returns (destroy the pool when done).
+    pub fn begin_cmd(&self) -> (vk::CommandPool, vk::CommandBuffer) {
         let d = &self.device;
-        // SAFETY: the app's own objects, destroyed after the fence says
-        // the GPU is done with them.
+        // SAFETY: the app's own objects.
         unsafe {
             let pool = d
                 .create_command_pool(
@@ -145,6 +142,20 @@ impl App {
                 .unwrap()[0];
             d.begin_command_buffer(cb, &vk::CommandBufferBeginInfo::default())
                 .unwrap();
+            (pool, cb)
+        }
+    }
+
+    /// Records `record` into a command buffer of the app's, then makes its
+    /// transfers visible to the host, submits it to queue 0 (under `gpu`'s
+    /// queue lock when given, as an app sharing the queue with dmafile
+    /// must) and waits for it.
+    pub fn run(&self, gpu: Option<&Gpu>, record: impl FnOnce(vk::CommandBuffer)) {
+        let d = &self.device;
+        let (pool, cb) = self.begin_cmd();
+        // SAFETY: the app's own objects, destroyed after the fence says
+        // the GPU is done with them.
+        unsafe {
             record(cb);
             let barrier = vk::MemoryBarrier::default()
                 .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
