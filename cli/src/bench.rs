@@ -1,234 +1,863 @@
-//! `dmafile bench`: per path, time to shader-visible (to the end of a first
-//! shader pass over every byte) and streaming throughput, next to a memcpy
-//! and a plain pread of the same bytes measured in the same run.
+//! `dmafile bench`: every available path against reading the same bytes,
+//! measured in the same run, in alternation, as medians with their spread.
+//!
+//! A round runs every route once, in an order rotated by one each round;
+//! one warm-up round is not counted. Routes:
+//! - baselines that read the files: `cat` (a child process), `pread` (one
+//!   thread), `pread xN` (one thread per CPU), and with `--cold` `dd
+//!   iflag=direct bs=1M` (the storage without the page cache);
+//! - the read bound (warm only): `memcpy xN`, the bytes copied out of the
+//!   page cache by every CPU: nothing can read them faster;
+//! - the shader on resident data: the same kernel over bytes already in
+//!   device memory, the ceiling of any stream through it;
+//! - each path: a fresh `Streamer` (its setup timed apart), its first run
+//!   (`first`: everything a new streamer pays, lazy driver work included)
+//!   and a second run of the same streamer (`stream`).
+//!
+//! Every path run's result must equal the CPU's, or the bench fails. CPU
+//! time is the process's (`getrusage`; lavapipe's threads included) or the
+//! child's for `cat` and `dd`. The JSON is documented in docs/cli.md.
+use std::ffi::c_void;
 use std::fmt::Write;
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::ExitCode;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use clap::Args;
-use dmafile::{Gpu, PathChoice, ShaderKind, StreamConfig, Streamer};
-use serde_json::json;
+use dmafile::source::Content;
+use dmafile::{
+    Accumulator, Gpu, PathChoice, PathKind, ShaderKind, SourceFile, StreamConfig, Streamer,
+};
+use nix::libc;
+use serde_json::{json, Value};
 
 use crate::report::gbps;
 use crate::size::{human, parse_size};
 use crate::{out, CliError};
 
+const GIB: f64 = (1u64 << 30) as f64;
+/// Bytes per read of the reading baselines (cat reads 128 KiB).
+const PIECE: usize = 1 << 20;
+
 #[derive(Args)]
 pub struct BenchOpts {
-    /// The file to read (its page cache is warmed first; see docs/benchmarks.md).
-    file: PathBuf,
+    /// The files to read, as one stream (many small files: time-to-visible
+    /// of the set).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
     /// Bytes per chunk.
     #[arg(long, default_value = "16M", value_parser = parse_size)]
     chunk: u64,
     /// Chunks in flight.
     #[arg(long, default_value_t = dmafile::stream::DEFAULT_DEPTH)]
     depth: usize,
-    /// Shader for the timed passes (every byte is read by it; `none` is
-    /// refused: it would read nothing on host and direct).
+    /// Shader for the timed passes; it reads every byte (`none` is refused:
+    /// on host and direct it would read none).
     #[arg(long, default_value = "sum64", value_parser = crate::parse_shader)]
     shader: ShaderKind,
-    /// Timed streaming runs per path after the first (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    /// Counted rounds (each runs every route once; one more warm-up round
+    /// runs first and is not counted).
+    #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// One JSON object on stdout.
+    /// Only these paths (comma-separated: direct, host, heap, upload).
+    #[arg(long, value_delimiter = ',', value_parser = parse_path)]
+    paths: Vec<PathKind>,
+    /// Evict the files from the page cache before every timed run
+    /// (posix_fadvise DONTNEED, checked with mincore), and add
+    /// `dd iflag=direct` to the baselines.
+    #[arg(long)]
+    cold: bool,
+    /// One JSON object on stdout (docs/cli.md).
     #[arg(long)]
     json: bool,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        0.0
-    } else {
-        v[v.len() / 2]
+fn parse_path(s: &str) -> Result<PathKind, String> {
+    match s.parse::<PathChoice>()? {
+        PathChoice::Only(k) => Ok(k),
+        _ => Err(format!("{s}: name a path (direct, host, heap, upload)")),
     }
 }
 
-/// Plain single-threaded pread of the whole file in `chunk` pieces.
-fn pread_pass(f: &std::fs::File, len: u64, buf: &mut [u8]) -> std::io::Result<f64> {
-    let t = Instant::now();
-    let mut off = 0;
-    while off < len {
-        let n = (len - off).min(buf.len() as u64) as usize;
-        f.read_exact_at(&mut buf[..n], off)?;
-        off += n as u64;
-    }
-    Ok(t.elapsed().as_secs_f64())
+fn usage(msg: String) -> CliError {
+    CliError { msg, code: 2 }
 }
 
-/// memcpy of `len` bytes between two resident buffers of `chunk` bytes.
-fn memcpy_pass(len: u64, src: &[u8], dst: &mut [u8]) -> f64 {
-    let t = Instant::now();
-    let mut off = 0;
-    while off < len {
-        let n = (len - off).min(src.len() as u64) as usize;
-        dst[..n].copy_from_slice(&src[..n]);
-        std::hint::black_box(&mut dst[..n]);
-        off += n as u64;
+/// Process CPU seconds (user + system) of `who`.
+fn cpu_seconds(who: i32) -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 * 1e-6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+fn load_average() -> Vec<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .filter_map(|v| v.parse().ok())
+        .collect()
+}
+
+/// One timed run: wall seconds and CPU seconds.
+#[derive(Clone, Copy)]
+struct Sample {
+    wall: f64,
+    cpu: f64,
+}
+
+#[derive(Default)]
+struct Series(Vec<Sample>);
+
+impl Series {
+    fn stat(&self, f: impl Fn(&Sample) -> f64) -> (f64, f64, f64) {
+        let mut v: Vec<f64> = self.0.iter().map(f).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        if v.is_empty() {
+            return (0.0, 0.0, 0.0);
+        }
+        let n = v.len();
+        let med = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        (med, v[0], v[n - 1])
     }
-    t.elapsed().as_secs_f64()
+    fn median(&self) -> f64 {
+        self.stat(|s| s.wall).0
+    }
+    fn cpu_median(&self) -> f64 {
+        self.stat(|s| s.cpu).0
+    }
+    fn json(&self, bytes: u64) -> Value {
+        let (med, min, max) = self.stat(|s| s.wall);
+        json!({
+            "median": med, "min": min, "max": max,
+            "samples": self.0.iter().map(|s| s.wall).collect::<Vec<_>>(),
+            "gbps": gbps(bytes, med),
+            "cpu_seconds_per_gib": self.cpu_median() / (bytes as f64 / GIB),
+        })
+    }
+}
+
+/// A read-only mapping of a whole file, populated (the memcpy bound).
+struct Mapped {
+    ptr: *mut c_void,
+    len: usize,
+}
+
+impl Mapped {
+    fn new(f: &SourceFile) -> std::io::Result<Mapped> {
+        let len = f.len() as usize;
+        // SAFETY: a fresh shared read-only mapping of an open file.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len.max(1),
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                f.fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Mapped { ptr, len })
+    }
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: mapped for len bytes while self lives; nobody writes the
+        // files while the bench runs (results are checked each run).
+        unsafe { std::slice::from_raw_parts(self.ptr.cast(), self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping.
+        unsafe { libc::munmap(self.ptr, self.len.max(1)) };
+    }
+}
+
+// SAFETY: read-only memory, shared by reading threads only.
+unsafe impl Sync for Mapped {}
+
+/// A piece of the files: (file index, offset, length).
+type Piece = (usize, u64, usize);
+/// What a reader thread does with a piece and its own buffer.
+type PieceWork<'a> = dyn Fn(Piece, &mut [u8]) -> std::io::Result<()> + Sync + 'a;
+
+/// The 1 MiB pieces of all files.
+fn pieces(files: &[SourceFile]) -> Vec<Piece> {
+    let mut v = vec![];
+    for (i, f) in files.iter().enumerate() {
+        let mut off = 0;
+        while off < f.len() {
+            let n = (f.len() - off).min(PIECE as u64) as usize;
+            v.push((i, off, n));
+            off += n as u64;
+        }
+    }
+    v
+}
+
+/// Runs `work(piece, buffer)` over every piece on `threads` threads, each
+/// with its own 1 MiB buffer.
+fn on_threads(threads: usize, pieces: &[Piece], work: &PieceWork<'_>) -> std::io::Result<()> {
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..threads)
+            .map(|_| {
+                sc.spawn(|| {
+                    let mut buf = vec![0u8; PIECE];
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&p) = pieces.get(i) else {
+                            return Ok(());
+                        };
+                        work(p, &mut buf)?;
+                        std::hint::black_box(&mut buf);
+                    }
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .try_for_each(|h| h.join().expect("reader thread panicked"))
+    })
+}
+
+/// Evicts every file from the page cache and checks with mincore that it
+/// left: a file the kernel keeps (tmpfs, pages mapped or locked elsewhere)
+/// cannot be read cold, and the bench says so rather than time the cache.
+fn evict(files: &[SourceFile]) -> Result<(), CliError> {
+    for f in files {
+        let fd = f.fd().as_raw_fd();
+        // SAFETY: plain syscalls on an open fd.
+        unsafe {
+            libc::fdatasync(fd);
+            libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED);
+        }
+        let pages = f.len().div_ceil(4096) as usize;
+        if pages == 0 {
+            continue;
+        }
+        // SAFETY: a mapping only looked at by mincore, unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                f.len() as usize,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(usage(format!(
+                "--cold: {}: cannot map it to check its residency: {}",
+                f.path().display(),
+                std::io::Error::last_os_error()
+            )));
+        }
+        let mut vec = vec![0u8; pages];
+        // SAFETY: vec holds one byte per page of the mapping.
+        let r = unsafe { libc::mincore(p, f.len() as usize, vec.as_mut_ptr()) };
+        let e = std::io::Error::last_os_error();
+        // SAFETY: our mapping.
+        unsafe { libc::munmap(p, f.len() as usize) };
+        if r != 0 {
+            return Err(usage(format!(
+                "--cold: {}: mincore: {e}",
+                f.path().display()
+            )));
+        }
+        let resident = vec.iter().filter(|&&b| b & 1 != 0).count();
+        if resident * 100 > pages {
+            return Err(usage(format!(
+                "--cold: {}: {resident} of its {pages} pages stayed in the page cache after posix_fadvise(DONTNEED): the file cannot be read cold (tmpfs and ramfs hold files only in memory; pages another process maps or locks stay)",
+                f.path().display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Route {
+    Cat,
+    Pread,
+    PreadPar,
+    Dd,
+    Memcpy,
+    Resident,
+    Path(usize),
+}
+
+struct PathRow {
+    kind: PathKind,
+    setup: Vec<f64>,
+    first: Series,
+    stream: Series,
+    last: Option<dmafile::StreamReport>,
+    /// Failed on these files (reported in `skipped`).
+    dropped: bool,
+}
+
+struct Bench<'a> {
+    o: &'a BenchOpts,
+    gpu: Gpu,
+    cfg: StreamConfig,
+    files: Vec<SourceFile>,
+    bytes: u64,
+    threads: usize,
+    expected: Option<dmafile::ShaderResult>,
+    maps: Vec<Mapped>,
+    resident: Option<(Streamer, usize)>,
+}
+
+impl Bench<'_> {
+    fn cold(&self) -> Result<(), CliError> {
+        if self.o.cold {
+            evict(&self.files)?;
+        }
+        Ok(())
+    }
+
+    /// Times `f` in this process.
+    fn timed(&self, f: impl FnOnce() -> Result<(), CliError>) -> Result<Sample, CliError> {
+        self.cold()?;
+        let c = cpu_seconds(libc::RUSAGE_SELF);
+        let t = Instant::now();
+        f()?;
+        Ok(Sample {
+            wall: t.elapsed().as_secs_f64(),
+            cpu: cpu_seconds(libc::RUSAGE_SELF) - c,
+        })
+    }
+
+    /// Times child processes (their CPU is theirs, from RUSAGE_CHILDREN).
+    fn child(&self, cmds: Vec<Command>) -> Result<Sample, CliError> {
+        self.cold()?;
+        let c = cpu_seconds(libc::RUSAGE_CHILDREN);
+        let t = Instant::now();
+        for mut cmd in cmds {
+            let name = format!("{cmd:?}");
+            let st = cmd
+                .stdout(Stdio::null())
+                .status()
+                .map_err(|e| usage(format!("bench: cannot run {name}: {e}")))?;
+            if !st.success() {
+                return Err(CliError {
+                    msg: format!("bench: baseline {name} failed: {st}"),
+                    code: 1,
+                });
+            }
+        }
+        Ok(Sample {
+            wall: t.elapsed().as_secs_f64(),
+            cpu: cpu_seconds(libc::RUSAGE_CHILDREN) - c,
+        })
+    }
+
+    fn baseline(&mut self, r: Route) -> Result<Sample, CliError> {
+        let files = &self.files;
+        match r {
+            Route::Cat => {
+                let mut c = Command::new("cat");
+                c.args(files.iter().map(|f| f.path()));
+                self.child(vec![c])
+            }
+            Route::Dd => self.child(
+                files
+                    .iter()
+                    .map(|f| {
+                        let mut c = Command::new("dd");
+                        c.arg(format!("if={}", f.path().display())).args([
+                            "of=/dev/null",
+                            "bs=1M",
+                            "iflag=direct",
+                            "status=none",
+                        ]);
+                        c
+                    })
+                    .collect(),
+            ),
+            Route::Pread => {
+                let p = pieces(files);
+                self.timed(|| {
+                    Ok(on_threads(1, &p, &|(i, off, n), buf| {
+                        files[i].read_exact_at(&mut buf[..n], off).map_err(to_io)
+                    })?)
+                })
+            }
+            Route::PreadPar => {
+                let p = pieces(files);
+                self.timed(|| {
+                    Ok(on_threads(self.threads, &p, &|(i, off, n), buf| {
+                        files[i].read_exact_at(&mut buf[..n], off).map_err(to_io)
+                    })?)
+                })
+            }
+            Route::Memcpy => {
+                let p = pieces(files);
+                let maps = &self.maps;
+                self.timed(|| {
+                    Ok(on_threads(self.threads, &p, &|(i, off, n), buf| {
+                        let o = off as usize;
+                        buf[..n].copy_from_slice(&maps[i].bytes()[o..o + n]);
+                        Ok(())
+                    })?)
+                })
+            }
+            Route::Resident => {
+                self.cold()?;
+                let bytes = self.bytes;
+                let (s, sample) = self.resident.as_mut().expect("built with the routes");
+                let f = &self.files[*sample];
+                let c = cpu_seconds(libc::RUSAGE_SELF);
+                let wall = s.resident_pass(f, bytes)?;
+                Ok(Sample {
+                    wall,
+                    cpu: cpu_seconds(libc::RUSAGE_SELF) - c,
+                })
+            }
+            Route::Path(_) => unreachable!("paths are run by run_path"),
+        }
+    }
+
+    /// A fresh streamer's setup, first run and second run. The outer error
+    /// ends the bench (a wrong result); the inner one drops the path.
+    fn run_path(&self, row: &mut PathRow, counted: bool) -> Result<Result<(), CliError>, CliError> {
+        let cfg = StreamConfig {
+            path: PathChoice::Only(row.kind),
+            ..self.cfg.clone()
+        };
+        let t = Instant::now();
+        let mut s = match Streamer::new(&self.gpu, cfg) {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        let setup = t.elapsed().as_secs_f64();
+        let paths: Vec<_> = self.files.iter().map(|f| f.path()).collect();
+        let mut samples = [Sample {
+            wall: 0.0,
+            cpu: 0.0,
+        }; 2];
+        for sample in &mut samples {
+            self.cold()?;
+            let c = cpu_seconds(libc::RUSAGE_SELF);
+            let r = match s.run(&paths, &mut |_, _| {}) {
+                Ok(r) => r,
+                Err(e) => return Ok(Err(e.into())),
+            };
+            *sample = Sample {
+                wall: r.seconds,
+                cpu: cpu_seconds(libc::RUSAGE_SELF) - c,
+            };
+            if r.result != self.expected {
+                return Err(CliError {
+                    msg: format!(
+                        "bench: {} gave {} where the CPU computed {}",
+                        row.kind.name(),
+                        show(&r.result),
+                        show(&self.expected)
+                    ),
+                    code: 1,
+                });
+            }
+            row.last = Some(r);
+        }
+        if counted {
+            row.setup.push(setup);
+            row.first.0.push(samples[0]);
+            row.stream.0.push(samples[1]);
+        }
+        Ok(Ok(()))
+    }
+}
+
+fn to_io(e: dmafile::Error) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+fn show(r: &Option<dmafile::ShaderResult>) -> String {
+    r.as_ref().map_or("nothing".into(), |r| r.to_string())
+}
+
+fn route_name(r: Route, threads: usize) -> String {
+    match r {
+        Route::Cat => "cat".into(),
+        Route::Pread => "pread".into(),
+        Route::PreadPar => format!("pread x{threads}"),
+        Route::Dd => "dd iflag=direct".into(),
+        Route::Memcpy => format!("memcpy x{threads}"),
+        Route::Resident => "shader, resident".into(),
+        Route::Path(_) => "path".into(),
+    }
 }
 
 pub fn run(o: BenchOpts) -> Result<ExitCode, CliError> {
     if o.runs == 0 {
-        return Err(CliError {
-            msg: "--runs must be at least 1".into(),
-            code: 2,
-        });
+        return Err(usage("--runs must be at least 1".into()));
     }
     if o.shader == ShaderKind::None {
         // With no shader the host and direct paths map the file and never
         // read it: the figure would be the cost of a mapping, reported as
         // a read of every byte.
-        return Err(CliError {
-            msg: "--shader none: bench times reads of every byte, and with no shader the host and direct paths read none (the mapping alone would be timed); use crc32c, sum64 or histogram".into(),
-            code: 2,
-        });
+        return Err(usage("--shader none: bench times reads of every byte, and with no shader the host and direct paths read none (the mapping alone would be timed); use crc32c, sum64 or histogram".into()));
     }
-    let src = dmafile::SourceFile::open(&o.file)?;
-    let len = src.len();
-    if len == 0 {
-        return Err(CliError {
-            msg: format!("{}: file is empty, nothing to time", o.file.display()),
-            code: 2,
-        });
+    let mut files = vec![];
+    for p in &o.files {
+        let f = SourceFile::open(p)?;
+        if let Content::Snapshot { fs, .. } = f.content() {
+            return Err(usage(format!(
+                "{}: a pseudo-file on {fs}, generated on each read: nothing to time against storage",
+                p.display()
+            )));
+        }
+        files.push(f);
     }
+    let bytes: u64 = files.iter().map(|f| f.len()).sum();
+    if bytes == 0 {
+        return Err(usage("the files are empty: nothing to time".into()));
+    }
+    let load_start = load_average();
+    let t = Instant::now();
     let gpu = Gpu::open_from_env()?;
-    let base_cfg = StreamConfig {
+    let startup = t.elapsed().as_secs_f64();
+    let cfg = StreamConfig {
         chunk: o.chunk,
         depth: o.depth,
         shader: o.shader,
         ..StreamConfig::from_env()
     };
-    dmafile::stream::validate_config(&gpu, &base_cfg)?;
-
-    // Baselines, measured now, on the same bytes with a warm page cache.
-    let piece = o.chunk.min(len) as usize;
-    let mut buf = vec![0u8; piece];
-    let mut buf2 = vec![1u8; piece];
-    pread_pass(src.file(), len, &mut buf)?; // warm the page cache
-    let pread_s = median(
-        (0..o.runs)
-            .map(|_| pread_pass(src.file(), len, &mut buf))
-            .collect::<Result<_, _>>()?,
-    );
-    let memcpy_s = median(
-        (0..o.runs)
-            .map(|_| memcpy_pass(len, &buf, &mut buf2))
-            .collect(),
-    );
-    drop((buf, buf2));
-    let pread_gbps = gbps(len, pread_s);
-    let memcpy_gbps = gbps(len, memcpy_s);
+    dmafile::stream::validate_config(&gpu, &cfg)?;
+    if o.cold {
+        evict(&files)?; // refuses before anything is timed
+    }
+    // The result every path run must give.
+    let mut expected = Accumulator::new(o.shader);
+    for f in &files {
+        expected.append(&dmafile::stream::cpu_reference(f, o.shader)?);
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let largest = (0..files.len())
+        .max_by_key(|&i| files[i].len())
+        .expect("at least one file");
+    let resident = Streamer::new(&gpu, cfg.clone())?;
+    let maps = if o.cold {
+        vec![]
+    } else {
+        files.iter().map(Mapped::new).collect::<Result<_, _>>()?
+    };
 
     let mut rows = vec![];
     let mut skipped = vec![];
     for p in gpu.path_availability() {
-        if !p.available {
-            skipped.push(json!({"path": p.path.name(), "code": p.code.map(|c| c.name()), "reason": p.reason}));
+        if !o.paths.is_empty() && !o.paths.contains(&p.path) {
             continue;
         }
-        let cfg = StreamConfig {
-            path: PathChoice::Only(p.path),
-            ..base_cfg.clone()
-        };
-        let mut s = match Streamer::new(&gpu, cfg) {
-            Ok(s) => s,
-            Err(e) => {
-                skipped.push(json!({"path": p.path.name(), "reason": e.to_string()}));
-                continue;
-            }
-        };
-        let first = match s.run(&[&o.file], &mut |_, _| {}) {
-            Ok(r) => r,
-            Err(e) => {
-                skipped.push(json!({"path": p.path.name(), "reason": e.to_string()}));
-                continue;
-            }
-        };
-        // Time to shader-visible: open, map or read, and the first shader pass
-        // over every byte (pipeline creation is excluded: a one-time cost per
-        // process, reported as setup).
-        let visible_s = first.seconds - first.phases.setup;
-        let mut times = vec![];
-        for _ in 0..o.runs {
-            let r = s.run(&[&o.file], &mut |_, _| {})?;
-            times.push(r.seconds);
+        if p.available {
+            rows.push(PathRow {
+                kind: p.path,
+                setup: vec![],
+                first: Series::default(),
+                stream: Series::default(),
+                last: None,
+                dropped: false,
+            });
+        } else {
+            skipped.push(json!({"path": p.path.name(), "code": p.code.map(|c| c.name()), "reason": p.reason}));
         }
-        let stream_s = median(times);
-        let g = gbps(len, stream_s);
-        rows.push(json!({
-            "path": p.path.name(),
-            "setup_seconds": first.phases.setup,
-            "visible_seconds": visible_s,
-            "stream_seconds": stream_s,
-            "stream_gbps": g,
-            "vs_pread": g / pread_gbps,
-            "vs_memcpy": g / memcpy_gbps,
-            "visible_vs_pread": visible_s / pread_s,
-            "cpu_copied_bytes": first.cpu_copied_bytes,
-            "gpu_copied_bytes": first.gpu_copied_bytes,
-            "result": first.result.as_ref().map(|r| r.to_string()),
-        }));
     }
+    let mut routes = vec![Route::Cat, Route::Pread, Route::PreadPar];
+    routes.push(if o.cold { Route::Dd } else { Route::Memcpy });
+    routes.push(Route::Resident);
+    routes.extend((0..rows.len()).map(Route::Path));
+    let mut b = Bench {
+        o: &o,
+        gpu,
+        cfg,
+        files,
+        bytes,
+        threads,
+        expected: expected.result(),
+        maps,
+        resident: Some((resident, largest)),
+    };
+    let mut base: Vec<Series> = routes.iter().map(|_| Series::default()).collect();
+    for round in 0..=o.runs {
+        let counted = round > 0;
+        for k in 0..routes.len() {
+            let i = (k + round) % routes.len();
+            match routes[i] {
+                Route::Path(p) if !rows[p].dropped => {
+                    if let Err(e) = b.run_path(&mut rows[p], counted)? {
+                        // A path the machine offers but these files cannot
+                        // take: reported, not run again.
+                        skipped.push(json!({"path": rows[p].kind.name(), "reason": e.msg}));
+                        rows[p].dropped = true;
+                    }
+                }
+                Route::Path(_) => {}
+                r => {
+                    let s = b.baseline(r)?;
+                    if counted {
+                        base[i].0.push(s);
+                    }
+                }
+            }
+        }
+    }
+    drop(b.resident.take());
+    let load_end = load_average();
+
+    // Reading baselines: the best is what "vs read" compares against.
+    let name = |i: usize| route_name(routes[i], threads);
+    let reads: Vec<usize> = (0..routes.len())
+        .filter(|&i| {
+            matches!(
+                routes[i],
+                Route::Cat | Route::Pread | Route::PreadPar | Route::Dd
+            )
+        })
+        .filter(|&i| !base[i].0.is_empty())
+        .collect();
+    let best_read = *reads
+        .iter()
+        .min_by(|&&a, &&c| base[a].median().total_cmp(&base[c].median()))
+        .expect("cat always runs");
+    let read_s = base[best_read].median();
+    let idx = |r: Route| routes.iter().position(|&x| x == r);
+    let resident_i = idx(Route::Resident).expect("always a route");
+    let shader_s = base[resident_i].median();
+    let shader_cpu_gib = base[resident_i].cpu_median() / (bytes as f64 / GIB);
+    let ceiling_s = read_s.max(shader_s);
+
+    let baselines: Vec<Value> = (0..routes.len())
+        .filter(|&i| !matches!(routes[i], Route::Path(_)) && !base[i].0.is_empty())
+        .filter(|&i| i != resident_i)
+        .map(|i| {
+            let mut v = base[i].json(bytes);
+            v["name"] = json!(name(i));
+            v["vs_read"] = json!(read_s / base[i].median());
+            v
+        })
+        .collect();
+    let path_rows: Vec<Value> = rows
+        .iter()
+        .filter(|r| !r.dropped && !r.first.0.is_empty())
+        .map(|r| {
+            let last = r.last.as_ref().expect("ran");
+            let mut first = r.first.json(bytes);
+            let mut stream = r.stream.json(bytes);
+            for (v, s) in [(&mut first, &r.first), (&mut stream, &r.stream)] {
+                v["cpu_beyond_shader_per_gib"] =
+                    json!(s.cpu_median() / (bytes as f64 / GIB) - shader_cpu_gib);
+                v["vs_read"] = json!(read_s / s.median());
+                v["of_ceiling"] = json!(ceiling_s / s.median());
+            }
+            let mut setup = Series(
+                r.setup
+                    .iter()
+                    .map(|&w| Sample { wall: w, cpu: 0.0 })
+                    .collect(),
+            )
+            .json(bytes);
+            for k in ["gbps", "cpu_seconds_per_gib"] {
+                setup.as_object_mut().expect("object").remove(k);
+            }
+            json!({
+                "path": r.kind.name(),
+                "setup_seconds": setup,
+                "first": first,
+                "stream": stream,
+                "cpu_copied_bytes": last.cpu_copied_bytes,
+                "gpu_copied_bytes": last.gpu_copied_bytes,
+                "paths": last.paths,
+                "result": last.result.as_ref().map(|r| r.to_string()),
+            })
+        })
+        .collect();
+    let mut shader_v = base[resident_i].json(bytes);
+    shader_v["name"] = json!(name(resident_i));
+    // The read bound (warm only): the fastest the CPUs read these bytes out
+    // of the page cache, by memcpy from a mapping or by read(2).
+    let bound = (!o.cold).then(|| {
+        let i = (0..routes.len())
+            .filter(|&i| {
+                matches!(
+                    routes[i],
+                    Route::Memcpy | Route::Pread | Route::PreadPar | Route::Cat
+                )
+            })
+            .min_by(|&a, &c| base[a].median().total_cmp(&base[c].median()))
+            .expect("warm runs memcpy");
+        json!({"name": name(i), "seconds": base[i].median(), "gbps": gbps(bytes, base[i].median())})
+    });
     let v = json!({
-        "file": o.file.display().to_string(),
-        "bytes": len,
-        "device": gpu.info().name,
+        "files": b.files.iter().map(|f| f.path().display().to_string()).collect::<Vec<_>>(),
+        "file_count": b.files.len(),
+        "bytes": bytes,
+        "device": b.gpu.info().name,
         "shader": o.shader.name(),
         "chunk": o.chunk,
         "depth": o.depth,
         "runs": o.runs,
-        "baselines": {
-            "pread_seconds": pread_s, "pread_gbps": pread_gbps,
-            "memcpy_seconds": memcpy_s, "memcpy_gbps": memcpy_gbps,
-        },
-        "paths": rows,
+        "warmup_rounds": 1,
+        "cache": if o.cold { "cold" } else { "warm" },
+        "cpus": threads,
+        "load_average": {"start": load_start, "end": load_end},
+        "startup_seconds": startup,
+        "expected_result": show(&b.expected),
+        "read": {"name": name(best_read), "seconds": read_s, "gbps": gbps(bytes, read_s)},
+        "shader_resident": shader_v,
+        "ceiling": {"seconds": ceiling_s, "gbps": gbps(bytes, ceiling_s)},
+        "read_bound": bound,
+        "baselines": baselines,
+        "paths": path_rows,
         "skipped": skipped,
     });
     if o.json {
         return out(&format!("{v}\n")).map(|_| ExitCode::SUCCESS);
     }
+    out(&human_report(&v)).map(|_| ExitCode::SUCCESS)
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+fn human_report(v: &Value) -> String {
     let mut s = String::new();
+    let bytes = v["bytes"].as_u64().unwrap_or(0);
+    let files = v["files"].as_array().map_or(0, |a| a.len());
+    let what = if files == 1 {
+        v["files"][0].as_str().unwrap_or("").to_string()
+    } else {
+        format!("{files} files")
+    };
+    let la = |k: &str| {
+        v["load_average"][k]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| format!("{:.2}", f(x)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    };
     let _ = writeln!(
         s,
-        "bench {} ({}) on {}, shader {}, chunk {} x depth {}, median of {} runs, warm page cache",
-        o.file.display(),
-        human(len),
-        gpu.info().name,
-        o.shader,
-        human(o.chunk),
-        o.depth,
-        o.runs
+        "bench {what} ({}) on {}, shader {}, chunk {} x depth {}",
+        human(bytes),
+        v["device"].as_str().unwrap_or(""),
+        v["shader"].as_str().unwrap_or(""),
+        human(v["chunk"].as_u64().unwrap_or(0)),
+        v["depth"]
     );
-    let _ = writeln!(s, "baselines: pread {pread_gbps:.2} GB/s ({pread_s:.3} s), memcpy {memcpy_gbps:.2} GB/s ({memcpy_s:.3} s)");
     let _ = writeln!(
         s,
-        "{:<8} {:>11} {:>12} {:>11} {:>9} {:>10} {:>14}",
-        "path", "visible s", "vis/pread", "stream GB/s", "vs pread", "vs memcpy", "cpu copied"
+        "{} page cache{}; medians of {} rounds after 1 warm-up round, routes alternated; {} CPUs, load {} -> {}",
+        v["cache"].as_str().unwrap_or(""),
+        if v["cache"] == "cold" {
+            " (files evicted before every timed run, checked with mincore)"
+        } else {
+            ""
+        },
+        v["runs"],
+        v["cpus"],
+        la("start"),
+        la("end")
     );
-    for r in &rows {
+    let _ = writeln!(
+        s,
+        "startup (instance, device; once): {:.3} s; every run's {} = the CPU's {}",
+        f(&v["startup_seconds"]),
+        v["shader"].as_str().unwrap_or(""),
+        v["expected_result"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(
+        s,
+        "{:<18} {:>9} {:>19} {:>8} {:>8} {:>8} {:>10} {:>9}",
+        "route", "median s", "min..max s", "GB/s", "vs read", "of ceil", "CPU s/GiB", "> shader"
+    );
+    let row = |s: &mut String, name: &str, x: &Value, extra: bool| {
+        let _ = write!(
+            s,
+            "{:<18} {:>9.4} {:>8.4}..{:<10.4} {:>8.2} {:>7.2}x",
+            name,
+            f(&x["median"]),
+            f(&x["min"]),
+            f(&x["max"]),
+            f(&x["gbps"]),
+            f(&x["vs_read"]),
+        );
+        if extra {
+            let _ = writeln!(
+                s,
+                " {:>7.2}x {:>10.3} {:>9.3}",
+                f(&x["of_ceiling"]),
+                f(&x["cpu_seconds_per_gib"]),
+                f(&x["cpu_beyond_shader_per_gib"])
+            );
+        } else {
+            let _ = writeln!(s, " {:>8} {:>10.3}", "", f(&x["cpu_seconds_per_gib"]));
+        }
+    };
+    for b in v["baselines"].as_array().into_iter().flatten() {
+        row(&mut s, b["name"].as_str().unwrap_or(""), b, false);
+    }
+    let mut r = v["shader_resident"].clone();
+    r["vs_read"] = json!(f(&v["read"]["seconds"]) / f(&r["median"]));
+    row(&mut s, "shader, resident", &r, false);
+    for p in v["paths"].as_array().into_iter().flatten() {
+        let name = p["path"].as_str().unwrap_or("");
+        row(&mut s, &format!("{name} first"), &p["first"], true);
+        row(&mut s, &format!("{name} stream"), &p["stream"], true);
         let _ = writeln!(
             s,
-            "{:<8} {:>11.3} {:>11.2}x {:>11.2} {:>8.2}x {:>9.2}x {:>14}",
-            r["path"].as_str().unwrap_or(""),
-            r["visible_seconds"].as_f64().unwrap_or(0.0),
-            r["visible_vs_pread"].as_f64().unwrap_or(0.0),
-            r["stream_gbps"].as_f64().unwrap_or(0.0),
-            r["vs_pread"].as_f64().unwrap_or(0.0),
-            r["vs_memcpy"].as_f64().unwrap_or(0.0),
-            r["cpu_copied_bytes"].as_u64().unwrap_or(0),
+            "{:<18} setup {:.4} s (min {:.4}, max {:.4}); CPU copied {} bytes, GPU copied {}",
+            "",
+            f(&p["setup_seconds"]["median"]),
+            f(&p["setup_seconds"]["min"]),
+            f(&p["setup_seconds"]["max"]),
+            p["cpu_copied_bytes"],
+            p["gpu_copied_bytes"]
         );
     }
-    for k in &skipped {
+    for k in v["skipped"].as_array().into_iter().flatten() {
         let _ = writeln!(
             s,
-            "{:<8} skipped: {}",
+            "{:<18} skipped: {}",
             k["path"].as_str().unwrap_or(""),
             k["reason"].as_str().unwrap_or("")
         );
     }
-    out(&s).map(|_| ExitCode::SUCCESS)
+    let _ = writeln!(
+        s,
+        "read = {} ({:.2} GB/s), the fastest reading baseline; ceiling = the slower of read and the shader on resident data ({:.2} GB/s)",
+        v["read"]["name"].as_str().unwrap_or(""),
+        f(&v["read"]["gbps"]),
+        f(&v["ceiling"]["gbps"])
+    );
+    if let Some(m) = v["read_bound"].as_object() {
+        let _ = writeln!(
+            s,
+            "read bound: {:.2} GB/s ({}), the fastest the CPUs copied these bytes out of the page cache; no path may pass it",
+            f(&m["gbps"]),
+            m["name"].as_str().unwrap_or("")
+        );
+    }
+    let _ = writeln!(
+        s,
+        "first: a fresh streamer's first run (lazy driver work, staging allocation and page faults included); stream: its second run; > shader: CPU s/GiB beyond the shader's own on resident data"
+    );
+    s
 }

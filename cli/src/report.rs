@@ -14,6 +14,22 @@ pub fn gbps(bytes: u64, secs: f64) -> f64 {
     }
 }
 
+/// Bytes nothing read: with no shader, the zero-copy paths map and import
+/// and never touch a byte, so no read rate covers them.
+pub fn unread_bytes(r: &StreamReport) -> u64 {
+    if r.shader != dmafile::ShaderKind::None {
+        return 0;
+    }
+    [dmafile::PathKind::Host, dmafile::PathKind::Direct]
+        .iter()
+        .filter_map(|k| r.paths.get(k))
+        .sum()
+}
+
+fn rate(r: &StreamReport) -> Option<f64> {
+    (unread_bytes(r) == 0).then(|| gbps(r.bytes, r.seconds))
+}
+
 pub fn stream_json(r: &StreamReport) -> Value {
     json!({
         "device": r.device,
@@ -22,7 +38,8 @@ pub fn stream_json(r: &StreamReport) -> Value {
         "depth": r.depth,
         "bytes": r.bytes,
         "seconds": r.seconds,
-        "gbps": gbps(r.bytes, r.seconds),
+        "gbps": rate(r),
+        "unread_bytes": unread_bytes(r),
         "paths": r.paths,
         "backing": r.backing,
         "cpu_copied_bytes": r.cpu_copied_bytes,
@@ -47,15 +64,29 @@ pub fn stream_json(r: &StreamReport) -> Value {
 
 pub fn stream_human(r: &StreamReport) -> String {
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "streamed {} ({} bytes) in {:.3} s: {:.2} GB/s on {}",
-        human(r.bytes),
-        r.bytes,
-        r.seconds,
-        gbps(r.bytes, r.seconds),
-        r.device
-    );
+    match rate(r) {
+        Some(g) => {
+            let _ = writeln!(
+                s,
+                "streamed {} ({} bytes) in {:.3} s: {g:.2} GB/s on {}",
+                human(r.bytes),
+                r.bytes,
+                r.seconds,
+                r.device
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "made {} ({} bytes) shader-visible in {:.3} s on {}; no rate: with --shader none the {} bytes on host/direct were mapped, never read",
+                human(r.bytes),
+                r.bytes,
+                r.seconds,
+                r.device,
+                unread_bytes(r)
+            );
+        }
+    }
     let _ = writeln!(
         s,
         "  paths:        {}",

@@ -29,6 +29,7 @@ pub mod path;
 mod probe;
 pub mod queue;
 mod read;
+mod readahead;
 pub mod region;
 pub mod scanout;
 pub mod shader;

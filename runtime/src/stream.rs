@@ -25,6 +25,7 @@ use crate::kmod::{Backing, DmaBuf, Module};
 use crate::path::{Fallback, PathChoice, PathKind, Unavailable};
 use crate::probe::{kernel_side, lease_for_host, open_module, open_system_heap, unmappable};
 use crate::read::{fill_heap_buffer, read_parallel};
+use crate::readahead::Readahead;
 use crate::shader::{Accumulator, ShaderKind, ShaderResult};
 use crate::source::{Content, Identity, SourceFile};
 use crate::PAGE_SIZE;
@@ -328,6 +329,167 @@ impl Streamer {
         &self.cfg
     }
 
+    /// The shader's own speed, the ceiling of any stream through it: runs
+    /// the shader over `bytes` bytes of data already in device memory,
+    /// chunk by chunk with the configured depth, and returns the seconds
+    /// from the first submission to the last completion.
+    ///
+    /// Before the clock starts, each slot's buffer is filled with the first
+    /// chunk of `sample` (and copied to device-local memory where a stream
+    /// would copy it), so the kernel reads real file bytes; inside the
+    /// clock nothing is read, mapped or copied. Results are not folded.
+    pub fn resident_pass(&mut self, sample: &SourceFile, bytes: u64) -> Result<f64> {
+        if self.cfg.shader == ShaderKind::None {
+            return Err(Error::Config {
+                setting: "shader",
+                msg: "shader none: there is no kernel to time on resident data".into(),
+            });
+        }
+        let n0 = self.cfg.chunk.min(sample.len());
+        if n0 == 0 || bytes == 0 {
+            return Err(Error::Config {
+                setting: "bytes",
+                msg: format!(
+                    "resident pass over {bytes} bytes of {} ({} bytes): nothing to run",
+                    sample.path().display(),
+                    sample.len()
+                ),
+            });
+        }
+        self.wait_idle();
+        let dev = self.gpu.shared.clone();
+        let d = &dev.device;
+        let chunk = self.cfg.chunk;
+        let staged = !dev.info().host_visible_device_local || self.cfg.force_staging;
+        for slot in &mut self.slots {
+            debug_assert!(slot.pending.is_none(), "run() completes every slot");
+            slot.input = None;
+            if slot.staging.is_none() {
+                slot.staging = Some(Buffer::allocate(&dev, chunk, Placement::Upload)?);
+            }
+            let mem = slot
+                .staging
+                .as_mut()
+                .and_then(|b| b.host_bytes_mut())
+                .ok_or_else(|| Error::DeviceUnsuitable {
+                    device: dev.info().name.clone(),
+                    what: "upload memory is not host-visible".into(),
+                })?;
+            read_parallel(sample, 0, &mut mem[..n0 as usize])?;
+            mem[n0 as usize..(n0 as usize).next_multiple_of(4)].fill(0);
+            if staged && slot.device_copy.is_none() {
+                slot.device_copy = Some(Buffer::allocate(&dev, chunk, Placement::Device)?);
+            }
+        }
+        if staged {
+            let cmd = self.slots[0].cmd;
+            // SAFETY: every slot is idle (wait_idle above); the copies'
+            // buffers live in the slots.
+            unsafe {
+                crate::gpu::kernels::begin_one_time(d, cmd)?;
+                for slot in &self.slots {
+                    let (Some(src), Some(dst)) = (&slot.staging, &slot.device_copy) else {
+                        continue;
+                    };
+                    let region = [vk::BufferCopy::default().size(n0.next_multiple_of(4))];
+                    d.cmd_copy_buffer(cmd, src.buffer, dst.buffer, &region);
+                }
+                let mb = [vk::MemoryBarrier::default()
+                    .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
+                    .dst_access_mask(vk::AccessFlags::SHADER_READ)];
+                d.cmd_pipeline_barrier(
+                    cmd,
+                    vk::PipelineStageFlags::TRANSFER,
+                    vk::PipelineStageFlags::COMPUTE_SHADER,
+                    vk::DependencyFlags::empty(),
+                    &mb,
+                    &[],
+                    &[],
+                );
+            }
+            let v = self.submit_cmd(cmd)?;
+            self.wait_value(v)?;
+        }
+        let shader = self.cfg.shader;
+        let mut last: Vec<u64> = vec![0; self.slots.len()];
+        let t = Instant::now();
+        let mut left = bytes;
+        while left > 0 {
+            let n = n0.min(left);
+            let s = self.next_slot;
+            self.next_slot = (s + 1) % self.slots.len();
+            self.wait_value(last[s])?;
+            let kernels = self
+                .kernels
+                .as_ref()
+                .expect("kernels live as long as the streamer");
+            let slot = &self.slots[s];
+            let input = slot
+                .device_copy
+                .as_ref()
+                .or(slot.staging.as_ref())
+                .expect("filled above")
+                .buffer;
+            // SAFETY: the slot is idle (waited above); its buffers hold n0
+            // bytes and outlive the submission (wait_value below).
+            unsafe {
+                crate::gpu::kernels::begin_one_time(d, slot.cmd)?;
+                record_shader(
+                    d,
+                    kernels,
+                    shader,
+                    slot.cmd,
+                    slot.set,
+                    slot.out.buffer,
+                    input,
+                    n,
+                );
+            }
+            last[s] = self.submit_cmd(self.slots[s].cmd)?;
+            left -= n;
+        }
+        self.wait_value(self.next_value)?;
+        Ok(t.elapsed().as_secs_f64())
+    }
+
+    /// Ends and submits `cmd`, signalling the next timeline value.
+    fn submit_cmd(&mut self, cmd: vk::CommandBuffer) -> Result<u64> {
+        let dev = &self.gpu.shared;
+        let value = self.next_value + 1;
+        let signal = [value];
+        let sems = [self.timeline];
+        let cmds = [cmd];
+        let mut tsi = vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&signal);
+        let si = [vk::SubmitInfo::default()
+            .command_buffers(&cmds)
+            .signal_semaphores(&sems)
+            .push_next(&mut tsi)];
+        // SAFETY: the caller recorded `cmd`, whose buffers live until the
+        // value is waited for.
+        unsafe {
+            dev.device
+                .end_command_buffer(cmd)
+                .vk("vkEndCommandBuffer")?;
+            dev.submit(&si, vk::Fence::null())?;
+        }
+        self.next_value = value;
+        Ok(value)
+    }
+
+    /// Waits until the timeline reaches `value` (0: returns at once).
+    fn wait_value(&self, value: u64) -> Result<()> {
+        if value == 0 {
+            return Ok(());
+        }
+        let sems = [self.timeline];
+        let vals = [value];
+        let wi = vk::SemaphoreWaitInfo::default()
+            .semaphores(&sems)
+            .values(&vals);
+        // SAFETY: waiting on our own timeline for a submitted value.
+        unsafe { self.gpu.shared.device.wait_semaphores(&wi, u64::MAX) }.vk("vkWaitSemaphores")
+    }
+
     /// Streams `paths` in order (as one stream: `result` is over their
     /// concatenation, see docs/cli.md) and reports.
     pub fn run(
@@ -384,17 +546,12 @@ impl Streamer {
     /// timeline with the next value), not for the whole device: on a
     /// device borrowed from the application, its own work goes on.
     fn wait_idle(&self) {
-        if self.next_value == 0 || self.timeline == vk::Semaphore::null() {
+        if self.timeline == vk::Semaphore::null() {
             return;
         }
-        let sems = [self.timeline];
-        let vals = [self.next_value];
-        let wi = vk::SemaphoreWaitInfo::default()
-            .semaphores(&sems)
-            .values(&vals);
-        // SAFETY: our own timeline; every value up to next_value was
-        // submitted, so the wait ends (or fails with the device lost).
-        let _ = unsafe { self.gpu.shared.device.wait_semaphores(&wi, u64::MAX) };
+        // Every value up to next_value was submitted, so the wait ends (or
+        // fails with the device lost, which leaves nothing to wait for).
+        let _ = self.wait_value(self.next_value);
     }
 
     /// Why `k` cannot serve any file in this stream, if it cannot.
@@ -520,6 +677,8 @@ impl Streamer {
                 self.choose(f, &mut leases[fi], &mut st.first_chunk, &mut st.fallbacks)?;
             let len = f.len();
             let mut off = 0;
+            let mut ra = Readahead::default();
+            let window = chunk * self.slots.len() as u64;
             while off < len {
                 let n = chunk.min(len - off);
                 let s = self.next_slot;
@@ -527,6 +686,9 @@ impl Streamer {
                 self.complete(s, files, leases, &mut st)?;
                 check_lease(f, &leases[fi])?;
                 let t = Instant::now();
+                // Uncached ranges of this chunk and the next ones are
+                // asked for now, to arrive while the device works.
+                ra.ahead(f, off + window);
                 if let Err(e) = self.fill(s, f, off, n, path, &mut st) {
                     st.fallbacks
                         .push(fall_back_mid_file(self.cfg.path, path, e, f.path())?);
@@ -803,70 +965,9 @@ impl Streamer {
                 staging.buffer
             }
         };
-        if let Some(pipeline) = kernels.pipeline() {
-            let out_bytes = shader.output_bytes(n);
-            let infos = [
-                vk::DescriptorBufferInfo::default()
-                    .buffer(input)
-                    .offset(0)
-                    .range(padded),
-                vk::DescriptorBufferInfo::default()
-                    .buffer(slot.out.buffer)
-                    .offset(0)
-                    .range(out_bytes),
-                vk::DescriptorBufferInfo::default()
-                    .buffer(kernels.tables.buffer)
-                    .offset(0)
-                    .range(4096),
-            ];
-            let writes: Vec<_> = (0..3)
-                .map(|i| {
-                    vk::WriteDescriptorSet::default()
-                        .dst_set(slot.set)
-                        .dst_binding(i as u32)
-                        .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
-                        .buffer_info(std::slice::from_ref(&infos[i]))
-                })
-                .collect();
-            // SAFETY: the set is not in use by any pending command buffer.
-            unsafe { d.update_descriptor_sets(&writes, &[]) };
-            if shader == ShaderKind::Histogram {
-                // SAFETY: recording; the output buffer holds 1 KiB.
-                unsafe { d.cmd_fill_buffer(cmd, slot.out.buffer, 0, 1024, 0) };
-                barrier(
-                    vk::AccessFlags::TRANSFER_WRITE,
-                    vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE,
-                    vk::PipelineStageFlags::TRANSFER,
-                    vk::PipelineStageFlags::COMPUTE_SHADER,
-                );
-            }
-            // SAFETY: recording with a pipeline and set of the same layout.
-            unsafe {
-                d.cmd_bind_pipeline(cmd, vk::PipelineBindPoint::COMPUTE, pipeline);
-                d.cmd_bind_descriptor_sets(
-                    cmd,
-                    vk::PipelineBindPoint::COMPUTE,
-                    kernels.layout,
-                    0,
-                    &[slot.set],
-                    &[],
-                );
-                d.cmd_push_constants(
-                    cmd,
-                    kernels.layout,
-                    vk::ShaderStageFlags::COMPUTE,
-                    0,
-                    &(n as u32).to_ne_bytes(),
-                );
-                d.cmd_dispatch(cmd, Kernels::groups(n), 1, 1);
-            }
-            barrier(
-                vk::AccessFlags::SHADER_WRITE,
-                vk::AccessFlags::HOST_READ,
-                vk::PipelineStageFlags::COMPUTE_SHADER,
-                vk::PipelineStageFlags::HOST,
-            );
-        }
+        // SAFETY: recording into the idle slot's command buffer; `input`
+        // holds at least `padded` bytes until complete() waited.
+        unsafe { record_shader(d, kernels, shader, cmd, slot.set, slot.out.buffer, input, n) };
         if let Some(b) = slot.input.as_ref().filter(|b| b.is_imported()) {
             // Back to the external family: the shader only read it.
             let (stage, none) = (
@@ -878,24 +979,8 @@ impl Streamer {
                 cmd_external_ownership(d, cmd, dev.queue_family, &[b.buffer], false, stage, none)
             };
         }
-        let value = self.next_value + 1;
-        let signal = [value];
-        let sems = [self.timeline];
-        let cmds = [cmd];
-        let mut tsi = vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&signal);
-        let si = [vk::SubmitInfo::default()
-            .command_buffers(&cmds)
-            .signal_semaphores(&sems)
-            .push_next(&mut tsi)];
-        // SAFETY: the command buffer is recorded; its buffers stay in the
-        // slot until complete() has waited for this submission.
-        unsafe {
-            d.end_command_buffer(cmd).vk("vkEndCommandBuffer")?;
-            dev.submit(&si, vk::Fence::null())?;
-        }
-        // Only a submitted value is ever waited for (wait_idle).
-        self.next_value = value;
-        slot.pending = Some(Pending {
+        let value = self.submit_cmd(cmd)?;
+        self.slots[s].pending = Some(Pending {
             value,
             file,
             len: n,
@@ -916,15 +1001,8 @@ impl Streamer {
         let Some(p) = self.slots[s].pending.take() else {
             return Ok(());
         };
-        let d = &self.gpu.shared.device;
         let t = Instant::now();
-        let sems = [self.timeline];
-        let vals = [p.value];
-        let wi = vk::SemaphoreWaitInfo::default()
-            .semaphores(&sems)
-            .values(&vals);
-        // SAFETY: waiting on our own timeline semaphore.
-        unsafe { d.wait_semaphores(&wi, u64::MAX) }.vk("vkWaitSemaphores")?;
+        self.wait_value(p.value)?;
         st.phases.wait += t.elapsed().as_secs_f64();
         st.in_flight -= p.len;
         st.done += p.len;
@@ -971,6 +1049,104 @@ impl Streamer {
         st.accs[p.file].fold_gpu(p.len, out);
         st.phases.fold += t.elapsed().as_secs_f64();
         f.check_unchanged()
+    }
+}
+
+/// Records `shader` over `n` bytes of `input` into `cmd` (descriptors in
+/// `set`, per-block results in `out`), then a barrier that makes the
+/// results visible to the host. Records nothing for [`ShaderKind::None`].
+///
+/// # Safety
+/// `cmd` is recording; `set` is not used by any pending command buffer;
+/// `input` holds at least `n` rounded up to 4 bytes and `out` the shader's
+/// output for `n` bytes, both alive until the submission finished.
+#[allow(clippy::too_many_arguments)]
+unsafe fn record_shader(
+    d: &ash::Device,
+    kernels: &Kernels,
+    shader: ShaderKind,
+    cmd: vk::CommandBuffer,
+    set: vk::DescriptorSet,
+    out: vk::Buffer,
+    input: vk::Buffer,
+    n: u64,
+) {
+    let padded = n.next_multiple_of(4);
+    let barrier = |src: vk::AccessFlags,
+                   dst: vk::AccessFlags,
+                   from: vk::PipelineStageFlags,
+                   to: vk::PipelineStageFlags| {
+        let mb = [vk::MemoryBarrier::default()
+            .src_access_mask(src)
+            .dst_access_mask(dst)];
+        // SAFETY: the caller's command buffer is recording.
+        unsafe {
+            d.cmd_pipeline_barrier(cmd, from, to, vk::DependencyFlags::empty(), &mb, &[], &[])
+        };
+    };
+    if let Some(pipeline) = kernels.pipeline() {
+        let out_bytes = shader.output_bytes(n);
+        let infos = [
+            vk::DescriptorBufferInfo::default()
+                .buffer(input)
+                .offset(0)
+                .range(padded),
+            vk::DescriptorBufferInfo::default()
+                .buffer(out)
+                .offset(0)
+                .range(out_bytes),
+            vk::DescriptorBufferInfo::default()
+                .buffer(kernels.tables.buffer)
+                .offset(0)
+                .range(4096),
+        ];
+        let writes: Vec<_> = (0..3)
+            .map(|i| {
+                vk::WriteDescriptorSet::default()
+                    .dst_set(set)
+                    .dst_binding(i as u32)
+                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                    .buffer_info(std::slice::from_ref(&infos[i]))
+            })
+            .collect();
+        // SAFETY: the set is not in use by any pending command buffer.
+        unsafe { d.update_descriptor_sets(&writes, &[]) };
+        if shader == ShaderKind::Histogram {
+            // SAFETY: recording; the output buffer holds 1 KiB.
+            unsafe { d.cmd_fill_buffer(cmd, out, 0, 1024, 0) };
+            barrier(
+                vk::AccessFlags::TRANSFER_WRITE,
+                vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE,
+                vk::PipelineStageFlags::TRANSFER,
+                vk::PipelineStageFlags::COMPUTE_SHADER,
+            );
+        }
+        // SAFETY: recording with a pipeline and set of the same layout.
+        unsafe {
+            d.cmd_bind_pipeline(cmd, vk::PipelineBindPoint::COMPUTE, pipeline);
+            d.cmd_bind_descriptor_sets(
+                cmd,
+                vk::PipelineBindPoint::COMPUTE,
+                kernels.layout,
+                0,
+                &[set],
+                &[],
+            );
+            d.cmd_push_constants(
+                cmd,
+                kernels.layout,
+                vk::ShaderStageFlags::COMPUTE,
+                0,
+                &(n as u32).to_ne_bytes(),
+            );
+            d.cmd_dispatch(cmd, Kernels::groups(n), 1, 1);
+        }
+        barrier(
+            vk::AccessFlags::SHADER_WRITE,
+            vk::AccessFlags::HOST_READ,
+            vk::PipelineStageFlags::COMPUTE_SHADER,
+            vk::PipelineStageFlags::HOST,
+        );
     }
 }
 
