@@ -306,6 +306,11 @@ struct PathRow {
     last: Option<dmafile::StreamReport>,
     /// Failed on these files (reported in `skipped`).
     dropped: bool,
+    /// Copy paths only: a streamer with no shader, kept across rounds; its
+    /// runs time making every byte visible, which here is reading every
+    /// byte (into staging or a heap buffer), so the CPU it costs compares
+    /// with `cat`'s.
+    visible: Option<(Streamer, Series)>,
 }
 
 struct Bench<'a> {
@@ -318,6 +323,8 @@ struct Bench<'a> {
     expected: Option<dmafile::ShaderResult>,
     maps: Vec<Mapped>,
     resident: Option<(Streamer, usize)>,
+    /// The CPU's result for the resident pass, computed at its first run.
+    resident_expected: Option<Option<dmafile::ShaderResult>>,
 }
 
 impl Bench<'_> {
@@ -420,10 +427,24 @@ impl Bench<'_> {
                 let (s, sample) = self.resident.as_mut().expect("built with the routes");
                 let f = &self.files[*sample];
                 let c = cpu_seconds(libc::RUSAGE_SELF);
-                let wall = s.resident_pass(f, bytes)?;
+                let r = s.resident_pass(f, bytes)?;
+                let cpu = cpu_seconds(libc::RUSAGE_SELF) - c;
+                if self.resident_expected.is_none() {
+                    self.resident_expected = Some(repeated_reference(f, self.o, bytes)?);
+                }
+                if self.resident_expected.as_ref() != Some(&r.result) {
+                    return Err(CliError {
+                        msg: format!(
+                            "bench: the shader on resident data gave {} where the CPU computed {}",
+                            show(&r.result),
+                            show(self.resident_expected.as_ref().expect("set above"))
+                        ),
+                        code: 1,
+                    });
+                }
                 Ok(Sample {
-                    wall,
-                    cpu: cpu_seconds(libc::RUSAGE_SELF) - c,
+                    wall: r.seconds,
+                    cpu,
                 })
             }
             Route::Path(_) => unreachable!("paths are run by run_path"),
@@ -477,8 +498,67 @@ impl Bench<'_> {
             row.first.0.push(samples[0]);
             row.stream.0.push(samples[1]);
         }
+        if !matches!(row.kind, PathKind::Upload | PathKind::Heap) {
+            return Ok(Ok(()));
+        }
+        if row.visible.is_none() {
+            let cfg = StreamConfig {
+                path: PathChoice::Only(row.kind),
+                shader: ShaderKind::None,
+                ..self.cfg.clone()
+            };
+            match Streamer::new(&self.gpu, cfg) {
+                Ok(s) => row.visible = Some((s, Series::default())),
+                Err(e) => return Ok(Err(e.into())),
+            }
+        }
+        let (s, series) = row.visible.as_mut().expect("made above");
+        self.cold()?;
+        let c = cpu_seconds(libc::RUSAGE_SELF);
+        let r = match s.run(&paths, &mut |_, _| {}) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        let sample = Sample {
+            wall: r.seconds,
+            cpu: cpu_seconds(libc::RUSAGE_SELF) - c,
+        };
+        if r.cpu_copied_bytes != self.bytes {
+            return Err(CliError {
+                msg: format!(
+                    "bench: {} with no shader copied {} of {} bytes",
+                    row.kind.name(),
+                    r.cpu_copied_bytes,
+                    self.bytes
+                ),
+                code: 1,
+            });
+        }
+        if counted {
+            series.0.push(sample);
+        }
         Ok(Ok(()))
     }
+}
+
+/// What the resident pass computes: the shader over the first chunk of `f`
+/// (whole words) repeated to `bytes` (Streamer::resident_pass).
+fn repeated_reference(
+    f: &SourceFile,
+    o: &BenchOpts,
+    bytes: u64,
+) -> Result<Option<dmafile::ShaderResult>, CliError> {
+    let n0 = (o.chunk.min(f.len()) / 4 * 4) as usize;
+    let mut buf = vec![0u8; n0];
+    f.read_exact_at(&mut buf, 0)?;
+    let mut acc = Accumulator::new(o.shader);
+    let mut left = bytes as usize;
+    while left > 0 {
+        let n = n0.min(left);
+        acc.update_cpu(&buf[..n]);
+        left -= n;
+    }
+    Ok(acc.result())
 }
 
 fn to_io(e: dmafile::Error) -> std::io::Error {
@@ -570,6 +650,7 @@ pub fn run(o: BenchOpts) -> Result<ExitCode, CliError> {
                 stream: Series::default(),
                 last: None,
                 dropped: false,
+                visible: None,
             });
         } else {
             skipped.push(json!({"path": p.path.name(), "code": p.code.map(|c| c.name()), "reason": p.reason}));
@@ -589,6 +670,7 @@ pub fn run(o: BenchOpts) -> Result<ExitCode, CliError> {
         expected: expected.result(),
         maps,
         resident: Some((resident, largest)),
+        resident_expected: None,
     };
     let mut base: Vec<Series> = routes.iter().map(|_| Series::default()).collect();
     for round in 0..=o.runs {
@@ -672,8 +754,14 @@ pub fn run(o: BenchOpts) -> Result<ExitCode, CliError> {
             for k in ["gbps", "cpu_seconds_per_gib"] {
                 setup.as_object_mut().expect("object").remove(k);
             }
+            let visible = r.visible.as_ref().map(|(_, v)| {
+                let mut x = v.json(bytes);
+                x["vs_read"] = json!(read_s / v.median());
+                x
+            });
             json!({
                 "path": r.kind.name(),
+                "visible_only": visible,
                 "setup_seconds": setup,
                 "first": first,
                 "stream": stream,
@@ -821,6 +909,14 @@ fn human_report(v: &Value) -> String {
         let name = p["path"].as_str().unwrap_or("");
         row(&mut s, &format!("{name} first"), &p["first"], true);
         row(&mut s, &format!("{name} stream"), &p["stream"], true);
+        if p["visible_only"].is_object() {
+            row(
+                &mut s,
+                &format!("{name} no shader"),
+                &p["visible_only"],
+                false,
+            );
+        }
         let _ = writeln!(
             s,
             "{:<18} setup {:.4} s (min {:.4}, max {:.4}); CPU copied {} bytes, GPU copied {}",
@@ -857,7 +953,7 @@ fn human_report(v: &Value) -> String {
     }
     let _ = writeln!(
         s,
-        "first: a fresh streamer's first run (lazy driver work, staging allocation and page faults included); stream: its second run; > shader: CPU s/GiB beyond the shader's own on resident data"
+        "first: a fresh streamer's first run (lazy driver work, staging allocation and page faults included); stream: its second run; no shader: a copy path reading every byte into device-visible memory, no kernel run (its CPU compares with cat's); > shader: CPU s/GiB beyond the shader's own on resident data"
     );
     s
 }

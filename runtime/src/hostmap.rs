@@ -81,6 +81,57 @@ impl HostMapping {
         })
     }
 
+    /// Anonymous read-write memory for staging: `len` bytes rounded up to
+    /// 2 MiB, at a 2 MiB-aligned address, advised for transparent huge
+    /// pages and populated now. Staging written once per chunk then costs
+    /// a handful of huge-page faults at creation instead of one fault per
+    /// 4 KiB page on its first use, and fewer TLB misses in every copy
+    /// into it. Both advices are hints: where the kernel lacks them (THP
+    /// off, no MADV_POPULATE_WRITE before 5.14) the memory is ordinary and
+    /// faulted on first touch.
+    pub fn anonymous(len: u64) -> std::io::Result<Self> {
+        const HUGE: usize = 2 << 20;
+        if len == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+        }
+        let total = (len as usize).next_multiple_of(HUGE);
+        let reserve = total + HUGE;
+        // SAFETY: a fresh anonymous mapping; nothing else refers to it.
+        let r = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                reserve,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if r == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let r = r as usize;
+        let start = r.next_multiple_of(HUGE);
+        // SAFETY: trimming our own reservation to [start, start + total),
+        // then advising it; madvise failures change only speed.
+        unsafe {
+            if start > r {
+                libc::munmap(r as *mut c_void, start - r);
+            }
+            let end = start + total;
+            if r + reserve > end {
+                libc::munmap(end as *mut c_void, r + reserve - end);
+            }
+            libc::madvise(start as *mut c_void, total, libc::MADV_HUGEPAGE);
+            libc::madvise(start as *mut c_void, total, libc::MADV_POPULATE_WRITE);
+        }
+        Ok(HostMapping {
+            // SAFETY: mmap never returns null on success.
+            base: unsafe { NonNull::new_unchecked(start as *mut c_void) },
+            total,
+        })
+    }
+
     pub fn ptr(&self) -> *mut c_void {
         self.base.as_ptr()
     }

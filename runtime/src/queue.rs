@@ -854,7 +854,7 @@ impl ReadQueue {
         }
         let piece = self.opts.piece;
         if (self.staging.len() as u64 + 1) * piece <= self.opts.staging_bytes {
-            let buf = Buffer::allocate(self.dev(), piece, Placement::Upload)?;
+            let buf = Buffer::allocate(self.dev(), piece, Placement::Staging)?;
             if buf.host_bytes().is_none() {
                 return Err(Error::DeviceUnsuitable {
                     device: self.dev().info().name.clone(),

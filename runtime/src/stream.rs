@@ -104,6 +104,15 @@ pub struct Phases {
     pub verify: f64,
 }
 
+/// What [`Streamer::resident_pass`] measured.
+#[derive(Clone, Debug)]
+pub struct ResidentPass {
+    /// From the first submission to the last result folded.
+    pub seconds: f64,
+    /// The shader's result over the data it ran on.
+    pub result: Option<ShaderResult>,
+}
+
 /// Per-file part of a report.
 #[derive(Clone, Debug)]
 pub struct FileReport {
@@ -337,15 +346,19 @@ impl Streamer {
     /// Before the clock starts, each slot's buffer is filled with the first
     /// chunk of `sample` (and copied to device-local memory where a stream
     /// would copy it), so the kernel reads real file bytes; inside the
-    /// clock nothing is read, mapped or copied. Results are not folded.
-    pub fn resident_pass(&mut self, sample: &SourceFile, bytes: u64) -> Result<f64> {
+    /// clock nothing is read, mapped or copied. Per-block results are
+    /// folded as a stream folds them, so the result is the shader's over
+    /// the first chunk (rounded down to whole 4-byte words) repeated, the
+    /// last time cut to `bytes`.
+    pub fn resident_pass(&mut self, sample: &SourceFile, bytes: u64) -> Result<ResidentPass> {
         if self.cfg.shader == ShaderKind::None {
             return Err(Error::Config {
                 setting: "shader",
                 msg: "shader none: there is no kernel to time on resident data".into(),
             });
         }
-        let n0 = self.cfg.chunk.min(sample.len());
+        // Whole words, so that every dispatch but the last is too.
+        let n0 = self.cfg.chunk.min(sample.len()) / 4 * 4;
         if n0 == 0 || bytes == 0 {
             return Err(Error::Config {
                 setting: "bytes",
@@ -365,7 +378,11 @@ impl Streamer {
             debug_assert!(slot.pending.is_none(), "run() completes every slot");
             slot.input = None;
             if slot.staging.is_none() {
-                slot.staging = Some(Buffer::allocate(&dev, chunk, Placement::Upload)?);
+                slot.staging = Some(Buffer::allocate(
+                    &dev,
+                    chunk,
+                    staging_placement(&dev, &self.cfg),
+                )?);
             }
             let mem = slot
                 .staging
@@ -411,14 +428,17 @@ impl Streamer {
             self.wait_value(v)?;
         }
         let shader = self.cfg.shader;
-        let mut last: Vec<u64> = vec![0; self.slots.len()];
+        // Per slot: the timeline value and length of its last dispatch.
+        let mut last: Vec<(u64, u64)> = vec![(0, 0); self.slots.len()];
+        let mut acc = Accumulator::new(shader);
         let t = Instant::now();
         let mut left = bytes;
         while left > 0 {
             let n = n0.min(left);
             let s = self.next_slot;
             self.next_slot = (s + 1) % self.slots.len();
-            self.wait_value(last[s])?;
+            let (v, len) = std::mem::take(&mut last[s]);
+            self.fold_slot(s, v, len, &mut acc)?;
             let kernels = self
                 .kernels
                 .as_ref()
@@ -430,8 +450,8 @@ impl Streamer {
                 .or(slot.staging.as_ref())
                 .expect("filled above")
                 .buffer;
-            // SAFETY: the slot is idle (waited above); its buffers hold n0
-            // bytes and outlive the submission (wait_value below).
+            // SAFETY: the slot is idle (folded above); its buffers hold n0
+            // bytes and outlive the submission (folded before reuse or below).
             unsafe {
                 crate::gpu::kernels::begin_one_time(d, slot.cmd)?;
                 record_shader(
@@ -445,11 +465,38 @@ impl Streamer {
                     n,
                 );
             }
-            last[s] = self.submit_cmd(self.slots[s].cmd)?;
+            last[s] = (self.submit_cmd(self.slots[s].cmd)?, n);
             left -= n;
         }
-        self.wait_value(self.next_value)?;
-        Ok(t.elapsed().as_secs_f64())
+        for _ in 0..self.slots.len() {
+            let s = self.next_slot;
+            self.next_slot = (s + 1) % self.slots.len();
+            let (v, len) = std::mem::take(&mut last[s]);
+            self.fold_slot(s, v, len, &mut acc)?;
+        }
+        Ok(ResidentPass {
+            seconds: t.elapsed().as_secs_f64(),
+            result: acc.result(),
+        })
+    }
+
+    /// Waits for slot `s`'s dispatch over `len` bytes (signalling `value`)
+    /// and folds its per-block results into `acc`; nothing when `len` is 0.
+    fn fold_slot(&self, s: usize, value: u64, len: u64, acc: &mut Accumulator) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        self.wait_value(value)?;
+        let words = (self.cfg.shader.output_bytes(len) / 4) as usize;
+        let out = self.slots[s]
+            .out
+            .host_words(words)
+            .ok_or_else(|| Error::DeviceUnsuitable {
+                device: self.gpu.info().name.clone(),
+                what: "readback memory is not host-visible".into(),
+            })?;
+        acc.fold_gpu(len, out);
+        Ok(())
     }
 
     /// Ends and submits `cmd`, signalling the next timeline value.
@@ -845,7 +892,11 @@ impl Streamer {
         match path {
             PathKind::Upload => {
                 if slot.staging.is_none() {
-                    slot.staging = Some(Buffer::allocate(&dev, chunk, Placement::Upload)?);
+                    slot.staging = Some(Buffer::allocate(
+                        &dev,
+                        chunk,
+                        staging_placement(&dev, &self.cfg),
+                    )?);
                 }
                 let staging = slot.staging.as_mut().expect("allocated above");
                 let bytes = staging
@@ -1147,6 +1198,19 @@ unsafe fn record_shader(
             vk::PipelineStageFlags::COMPUTE_SHADER,
             vk::PipelineStageFlags::HOST,
         );
+    }
+}
+
+/// Where upload staging lives: our own huge-page host memory when the
+/// device copies it to device-local memory or is the CPU itself; the
+/// driver's host-visible (preferably device-local) memory when a GPU's
+/// shader reads it in place.
+fn staging_placement(dev: &crate::gpu::DeviceShared, cfg: &StreamConfig) -> Placement {
+    let info = dev.info();
+    if !info.host_visible_device_local || cfg.force_staging || info.kind == crate::DeviceKind::Cpu {
+        Placement::Staging
+    } else {
+        Placement::Upload
     }
 }
 

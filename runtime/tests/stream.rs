@@ -454,3 +454,64 @@ fn staging_copy_path_matches() {
         assert_eq!(r.gpu_copied_bytes, (d.len() as u64).next_multiple_of(4));
     }
 }
+
+/// The shader on resident data (the bench's ceiling) runs the real kernel:
+/// its folded result equals the CPU's over the first chunk repeated, on the
+/// device-copy route too, for every shader; with no shader it is refused.
+#[test]
+fn resident_pass_runs_the_kernel_over_the_first_chunk_repeated() {
+    let g = gpu();
+    let dir = TempDir::new("resident");
+    let d = data(3 * CHUNK as usize + 4097, 21);
+    let p = dir.file("f", &d);
+    let f = dmafile::SourceFile::open(&p).unwrap();
+    let bytes = 7 * CHUNK + 12_345;
+    let mut rep = Vec::with_capacity(bytes as usize);
+    while (rep.len() as u64) < bytes {
+        let n = (CHUNK as usize).min(bytes as usize - rep.len());
+        rep.extend_from_slice(&d[..n]);
+    }
+    for force_staging in [false, true] {
+        for shader in [ShaderKind::Sum64, ShaderKind::Crc32c, ShaderKind::Histogram] {
+            let mut s = Streamer::new(
+                &g,
+                StreamConfig {
+                    shader,
+                    chunk: CHUNK,
+                    depth: 3,
+                    force_staging,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            // Before and after a stream: the slots are reused either way.
+            let r = s.resident_pass(&f, bytes).unwrap();
+            assert_eq!(
+                r.result,
+                expected(shader, &rep),
+                "{shader} staged={force_staging}"
+            );
+            assert!(r.seconds > 0.0);
+            let run = s.run(&[&p], &mut |_, _| {}).unwrap();
+            assert_eq!(run.result, expected(shader, &d));
+            let r = s.resident_pass(&f, bytes).unwrap();
+            assert_eq!(r.result, expected(shader, &rep), "{shader} after a run");
+        }
+    }
+    let mut s = Streamer::new(
+        &g,
+        StreamConfig {
+            shader: ShaderKind::None,
+            chunk: CHUNK,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    match s.resident_pass(&f, bytes) {
+        Err(Error::Config { setting, msg }) => {
+            assert_eq!(setting, "shader");
+            assert!(msg.contains("no kernel"), "{msg}");
+        }
+        r => panic!("shader none: {r:?}"),
+    }
+}

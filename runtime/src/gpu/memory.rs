@@ -20,6 +20,13 @@ pub(crate) enum Placement {
     Readback,
     /// Only the device touches it.
     Device,
+    /// Written by the CPU once per use, read by device copies (or by
+    /// shaders where the device is the CPU): host memory, our own
+    /// huge-page memory where the device imports host pointers and the
+    /// buffer is at least 2 MiB ([`HostMapping::anonymous`]), else as
+    /// `Upload`. Not for buffers shaders of a GPU read in place: imported
+    /// host memory is not device-local.
+    Staging,
 }
 
 /// A dma-buf an imported buffer's memory came from, with its size.
@@ -64,6 +71,9 @@ pub(crate) struct Buffer {
     // Dropped after `memory` is freed (see Drop), since the import must go
     // before what it was made from.
     source: Option<Source>,
+    /// Our own staging memory, imported as a host pointer: not a file's
+    /// pages, so not "imported" in the sense of [`Buffer::is_imported`].
+    staging: bool,
 }
 
 // SAFETY: Vulkan handles may move between threads; the mapped pointer is only
@@ -128,6 +138,7 @@ impl<'a> Unbound<'a> {
             size,
             mapped: std::ptr::null_mut(),
             source,
+            staging: false,
         };
         // From here the Buffer destroys the VkBuffer.
         std::mem::forget(self);
@@ -168,6 +179,19 @@ const STORAGE_USAGE: vk::BufferUsageFlags = vk::BufferUsageFlags::from_raw(
 impl Buffer {
     pub fn allocate(dev: &Arc<DeviceShared>, size: u64, placement: Placement) -> Result<Buffer> {
         use vk::MemoryPropertyFlags as F;
+        // Staging is host memory the device reads: where the device imports
+        // host pointers, it is our own huge-page memory (HostMapping::
+        // anonymous says why); a refused import falls back to the driver's.
+        if placement == Placement::Staging && size >= 2 << 20 && dev.host_ext.is_some() {
+            if let Ok(map) = HostMapping::anonymous(size) {
+                let ptr = map.ptr() as *mut u8;
+                if let Ok(mut b) = Buffer::import_host(dev, map) {
+                    b.mapped = ptr;
+                    b.staging = true;
+                    return Ok(b);
+                }
+            }
+        }
         let ci = vk::BufferCreateInfo::default()
             .size(size.max(4))
             .usage(STORAGE_USAGE)
@@ -175,7 +199,7 @@ impl Buffer {
         let buffer = Unbound::create(dev, &ci)?;
         let (req, _) = buffer.requirements();
         let ranked: &[F] = match placement {
-            Placement::Upload => &[
+            Placement::Upload | Placement::Staging => &[
                 F::HOST_VISIBLE | F::HOST_COHERENT | F::DEVICE_LOCAL,
                 F::HOST_VISIBLE | F::HOST_COHERENT,
             ],
@@ -326,9 +350,10 @@ impl Buffer {
         self.memory
     }
 
-    /// Whether the memory is imported (external to this device).
+    /// Whether the memory is imported: a file's pages or a dma-buf, owned
+    /// by the external queue family until acquired (our own staging is not).
     pub fn is_imported(&self) -> bool {
-        self.source.is_some()
+        self.source.is_some() && !self.staging
     }
 
     /// The CPU view of a host-visible buffer, read-only.
