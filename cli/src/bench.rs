@@ -69,6 +69,10 @@ pub struct BenchOpts {
     /// `dd iflag=direct` to the baselines.
     #[arg(long)]
     cold: bool,
+    /// Leave read-ahead to the kernel (no early WILLNEED hints), to
+    /// measure what the hints buy.
+    #[arg(long)]
+    no_readahead: bool,
     /// One JSON object on stdout (docs/cli.md).
     #[arg(long)]
     json: bool,
@@ -614,6 +618,7 @@ pub fn run(o: BenchOpts) -> Result<ExitCode, CliError> {
         chunk: o.chunk,
         depth: o.depth,
         shader: o.shader,
+        readahead: !o.no_readahead,
         ..StreamConfig::from_env()
     };
     dmafile::stream::validate_config(&gpu, &cfg)?;
@@ -799,6 +804,7 @@ pub fn run(o: BenchOpts) -> Result<ExitCode, CliError> {
         "runs": o.runs,
         "warmup_rounds": 1,
         "cache": if o.cold { "cold" } else { "warm" },
+        "readahead": !o.no_readahead,
         "cpus": threads,
         "load_average": {"start": load_start, "end": load_end},
         "startup_seconds": startup,
@@ -852,8 +858,13 @@ fn human_report(v: &Value) -> String {
     );
     let _ = writeln!(
         s,
-        "{} page cache{}; medians of {} rounds after 1 warm-up round, routes alternated; {} CPUs, load {} -> {}",
+        "{} page cache{}{}; medians of {} rounds after 1 warm-up round, routes alternated; {} CPUs, load {} -> {}",
         v["cache"].as_str().unwrap_or(""),
+        if v["readahead"] == false {
+            ", no read-ahead hints"
+        } else {
+            ""
+        },
         if v["cache"] == "cold" {
             " (files evicted before every timed run, checked with mincore)"
         } else {

@@ -74,6 +74,10 @@ struct StreamOpts {
     /// Recompute on the CPU; exit 1 on a mismatch.
     #[arg(long)]
     verify: bool,
+    /// Leave read-ahead to the kernel: no early WILLNEED hints for the
+    /// uncached parts of the next chunks.
+    #[arg(long)]
+    no_readahead: bool,
     /// One JSON object on stdout (docs/cli.md).
     #[arg(long)]
     json: bool,
@@ -157,6 +161,7 @@ fn stream(o: StreamOpts) -> Result<ExitCode, CliError> {
         shader: o.shader,
         memory_budget: o.memory_budget,
         verify: o.verify,
+        readahead: !o.no_readahead,
         ..StreamConfig::from_env()
     };
     let mut s = Streamer::new(&gpu, cfg)?;

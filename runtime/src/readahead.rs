@@ -76,3 +76,68 @@ fn cached(f: &SourceFile, off: u64) -> bool {
     };
     r >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Pages of `f` in the page cache, by mincore over a fresh mapping.
+    fn resident(f: &std::fs::File, len: usize) -> usize {
+        // SAFETY: a mapping only looked at by mincore, unmapped below.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            let mut v = vec![0u8; len.div_ceil(4096)];
+            assert_eq!(libc::mincore(p, len, v.as_mut_ptr()), 0);
+            libc::munmap(p, len);
+            v.iter().filter(|&&b| b & 1 != 0).count()
+        }
+    }
+
+    #[test]
+    fn hints_bring_uncached_steps_in_and_skip_cached_ones() {
+        let len = 8 * STEP as usize;
+        let p = std::env::temp_dir().join(format!("dmafile-ra-{}", std::process::id()));
+        let mut w = std::fs::File::create(&p).unwrap();
+        w.write_all(&vec![7u8; len]).unwrap();
+        w.sync_all().unwrap();
+        let f = SourceFile::open(&p).unwrap();
+        let raw = f.file();
+        // SAFETY: advice on our own file.
+        unsafe { libc::posix_fadvise(raw.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        if resident(raw, len) * 100 > len / 4096 {
+            std::fs::remove_file(&p).unwrap();
+            eprintln!("skip: the page cache keeps this file (tmpfs?), nothing to hint");
+            return;
+        }
+        assert!(!cached(&f, 0), "evicted, yet the probe saw it cached");
+        let mut ra = Readahead::default();
+        ra.ahead(&f, 4 * STEP);
+        assert_eq!(ra.hinted, 4 * STEP);
+        // The reads are asynchronous: wait for them to land.
+        let t = std::time::Instant::now();
+        while resident(raw, len) < 4 * STEP as usize / 4096 && t.elapsed().as_secs() < 5 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let r = resident(raw, len);
+        assert!(
+            (4 * STEP as usize / 4096..len / 4096).contains(&r),
+            "{r} pages resident after hinting 4 of 8 MiB"
+        );
+        assert!(cached(&f, 0));
+        // Hinting again below the mark does nothing; past the end stops there.
+        ra.ahead(&f, 2 * STEP);
+        assert_eq!(ra.hinted, 4 * STEP);
+        ra.ahead(&f, 100 * STEP);
+        assert_eq!(ra.hinted, len as u64);
+        std::fs::remove_file(&p).unwrap();
+    }
+}

@@ -57,6 +57,11 @@ pub struct StreamConfig {
     /// copy path can be tested on lavapipe ([`StreamConfig::from_env`]
     /// reads it from `DMAFILE_FORCE_STAGING=1`; the default does not).
     pub force_staging: bool,
+    /// Ask the kernel early for the uncached parts of the next `depth`
+    /// chunks (`posix_fadvise(WILLNEED)`, runtime/src/readahead.rs), so a
+    /// file that is not in the page cache is read while the device works.
+    /// On by default; off leaves read-ahead to the kernel alone.
+    pub readahead: bool,
 }
 
 impl StreamConfig {
@@ -81,6 +86,7 @@ impl Default for StreamConfig {
             memory_budget: None,
             verify: false,
             force_staging: false,
+            readahead: true,
         }
     }
 }
@@ -735,7 +741,9 @@ impl Streamer {
                 let t = Instant::now();
                 // Uncached ranges of this chunk and the next ones are
                 // asked for now, to arrive while the device works.
-                ra.ahead(f, off + window);
+                if self.cfg.readahead {
+                    ra.ahead(f, off + window);
+                }
                 if let Err(e) = self.fill(s, f, off, n, path, &mut st) {
                     st.fallbacks
                         .push(fall_back_mid_file(self.cfg.path, path, e, f.path())?);

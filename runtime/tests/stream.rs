@@ -281,6 +281,7 @@ fn stream_larger_than_the_memory_budget() {
             memory_budget: Some(budget),
             verify: false,
             force_staging: false,
+            readahead: true,
         };
         let r = Streamer::new(&g, cfg)
             .unwrap()
