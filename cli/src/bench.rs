@@ -69,8 +69,9 @@ pub struct BenchOpts {
     /// `dd iflag=direct` to the baselines.
     #[arg(long)]
     cold: bool,
-    /// Leave read-ahead to the kernel (no early WILLNEED hints), to
-    /// measure what the hints buy.
+    /// host and direct: let the device fault uncached chunks in, instead
+    /// of reading them into the page cache first (to measure what that
+    /// buys; with --cold).
     #[arg(long)]
     no_readahead: bool,
     /// One JSON object on stdout (docs/cli.md).
@@ -861,7 +862,7 @@ fn human_report(v: &Value) -> String {
         "{} page cache{}{}; medians of {} rounds after 1 warm-up round, routes alternated; {} CPUs, load {} -> {}",
         v["cache"].as_str().unwrap_or(""),
         if v["readahead"] == false {
-            ", no read-ahead hints"
+            ", no read-in of uncached chunks (--no-readahead)"
         } else {
             ""
         },

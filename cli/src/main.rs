@@ -74,8 +74,8 @@ struct StreamOpts {
     /// Recompute on the CPU; exit 1 on a mismatch.
     #[arg(long)]
     verify: bool,
-    /// Leave read-ahead to the kernel: no early WILLNEED hints for the
-    /// uncached parts of the next chunks.
+    /// host and direct: let the device fault uncached chunks in, instead
+    /// of reading them into the page cache on every CPU first.
     #[arg(long)]
     no_readahead: bool,
     /// One JSON object on stdout (docs/cli.md).

@@ -25,7 +25,7 @@ use crate::kmod::{Backing, DmaBuf, Module};
 use crate::path::{Fallback, PathChoice, PathKind, Unavailable};
 use crate::probe::{kernel_side, lease_for_host, open_module, open_system_heap, unmappable};
 use crate::read::{fill_heap_buffer, read_parallel};
-use crate::readahead::Readahead;
+use crate::readahead::pull_in;
 use crate::shader::{Accumulator, ShaderKind, ShaderResult};
 use crate::source::{Content, Identity, SourceFile};
 use crate::PAGE_SIZE;
@@ -57,10 +57,11 @@ pub struct StreamConfig {
     /// copy path can be tested on lavapipe ([`StreamConfig::from_env`]
     /// reads it from `DMAFILE_FORCE_STAGING=1`; the default does not).
     pub force_staging: bool,
-    /// Ask the kernel early for the uncached parts of the next `depth`
-    /// chunks (`posix_fadvise(WILLNEED)`, runtime/src/readahead.rs), so a
-    /// file that is not in the page cache is read while the device works.
-    /// On by default; off leaves read-ahead to the kernel alone.
+    /// On the zero-copy paths (host, direct), read a chunk that is not in
+    /// the page cache into it on every CPU before mapping it, instead of
+    /// letting the device fault it in 128 KiB at a time
+    /// (runtime/src/readahead.rs says why and what it costs). On by
+    /// default; off leaves reading to the faults.
     pub readahead: bool,
 }
 
@@ -730,8 +731,6 @@ impl Streamer {
                 self.choose(f, &mut leases[fi], &mut st.first_chunk, &mut st.fallbacks)?;
             let len = f.len();
             let mut off = 0;
-            let mut ra = Readahead::default();
-            let window = chunk * self.slots.len() as u64;
             while off < len {
                 let n = chunk.min(len - off);
                 let s = self.next_slot;
@@ -739,10 +738,10 @@ impl Streamer {
                 self.complete(s, files, leases, &mut st)?;
                 check_lease(f, &leases[fi])?;
                 let t = Instant::now();
-                // Uncached ranges of this chunk and the next ones are
-                // asked for now, to arrive while the device works.
-                if self.cfg.readahead {
-                    ra.ahead(f, off + window);
+                // An uncached chunk is read in before it is mapped, on
+                // every CPU, rather than faulted in by the device.
+                if self.cfg.readahead && matches!(path, PathKind::Host | PathKind::Direct) {
+                    pull_in(f, off, n)?;
                 }
                 if let Err(e) = self.fill(s, f, off, n, path, &mut st) {
                     st.fallbacks
