@@ -10,9 +10,9 @@
 //! So before such a chunk is mapped, [`pull_in`] reads it on every CPU
 //! into scratch buffers that are thrown away (1.6–1.7 GB/s first pass in
 //! the same runs; docs/benchmarks.md). It costs one CPU copy of the bytes,
-//! only for chunks that were not cached, which a one-byte `preadv2` with
-//! `RWF_NOWAIT` at the chunk's start tells without reading (it fails with
-//! `EAGAIN` when the page would need I/O).
+//! only for chunks that were not cached, which one-byte `preadv2` calls
+//! with `RWF_NOWAIT` at the chunk's first and last pages tell without
+//! waiting (they fail with `EAGAIN` when a page would need I/O).
 //!
 //! Tried and not kept: `posix_fadvise(WILLNEED)` on the next `depth`
 //! chunks in 1 and 4 MiB steps. It made cold upload slower here (1.4–1.5
@@ -23,15 +23,18 @@ use nix::libc;
 
 use crate::source::{Content, SourceFile};
 
-/// Brings `n` bytes of `f` at `off` into the page cache when the first page
-/// is not there, by reading them on every CPU into scratch buffers that are
+/// Brings `n` bytes of `f` at `off` into the page cache when its first or
+/// last page is not there, by reading them on every CPU into scratch buffers that are
 /// thrown away: the zero-copy paths (host, direct) then map pages that are
 /// already read, instead of the device faulting them in 128 KiB at a time.
 /// Costs a copy of the bytes on the CPU, only for uncached chunks. Returns
 /// whether it read.
 pub(crate) fn pull_in(f: &SourceFile, off: u64, n: u64) -> crate::error::Result<bool> {
     use rayon::prelude::*;
-    if !matches!(f.content(), Content::File) || n == 0 || cached(f, off) {
+    // Its first and last pages: the kernel's own read-ahead after the
+    // previous chunk may have brought in the start of this one.
+    let last = (off + n - 1) / 4096 * 4096;
+    if !matches!(f.content(), Content::File) || n == 0 || cached(f, off) && cached(f, last) {
         return Ok(false);
     }
     const PIECE: u64 = 1 << 20;

@@ -116,6 +116,9 @@ pub struct Phases {
 pub struct ResidentPass {
     /// From the first submission to the last result folded.
     pub seconds: f64,
+    /// CPU seconds this process spent in that time (`getrusage`, every
+    /// thread: on a CPU device the shader's own threads).
+    pub cpu_seconds: f64,
     /// The shader's result over the data it ran on.
     pub result: Option<ShaderResult>,
 }
@@ -438,6 +441,7 @@ impl Streamer {
         // Per slot: the timeline value and length of its last dispatch.
         let mut last: Vec<(u64, u64)> = vec![(0, 0); self.slots.len()];
         let mut acc = Accumulator::new(shader);
+        let cpu0 = process_cpu_seconds();
         let t = Instant::now();
         let mut left = bytes;
         while left > 0 {
@@ -450,6 +454,11 @@ impl Streamer {
                 .kernels
                 .as_ref()
                 .expect("kernels live as long as the streamer");
+            // Cleared each time, so that a dispatch that did not run cannot
+            // pass for one that did: every slot holds the same bytes.
+            if let Some(out) = self.slots[s].out.host_bytes_mut() {
+                out.fill(0);
+            }
             let slot = &self.slots[s];
             let input = slot
                 .device_copy
@@ -483,6 +492,7 @@ impl Streamer {
         }
         Ok(ResidentPass {
             seconds: t.elapsed().as_secs_f64(),
+            cpu_seconds: process_cpu_seconds() - cpu0,
             result: acc.result(),
         })
     }
@@ -1206,6 +1216,15 @@ unsafe fn record_shader(
             vk::PipelineStageFlags::HOST,
         );
     }
+}
+
+/// CPU seconds (user and system) of this process so far, every thread.
+fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: nix::libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { nix::libc::getrusage(nix::libc::RUSAGE_SELF, &mut u) };
+    let t = |v: nix::libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 * 1e-6;
+    t(u.ru_utime) + t(u.ru_stime)
 }
 
 /// Where upload staging lives: our own huge-page host memory when the

@@ -182,7 +182,14 @@ impl Buffer {
         // Staging is host memory the device reads: where the device imports
         // host pointers, it is our own huge-page memory (HostMapping::
         // anonymous says why); a refused import falls back to the driver's.
-        if placement == Placement::Staging && size >= 2 << 20 && dev.host_ext.is_some() {
+        // Only where every host-visible type is coherent: nothing flushes
+        // staging writes.
+        let coherent = dev.mem_props.memory_types[..dev.mem_props.memory_type_count as usize]
+            .iter()
+            .filter(|t| t.property_flags.contains(F::HOST_VISIBLE))
+            .all(|t| t.property_flags.contains(F::HOST_COHERENT));
+        if placement == Placement::Staging && size >= 2 << 20 && dev.host_ext.is_some() && coherent
+        {
             if let Ok(map) = HostMapping::anonymous(size) {
                 let ptr = map.ptr() as *mut u8;
                 if let Ok(mut b) = Buffer::import_host(dev, map) {
