@@ -20,8 +20,8 @@ mk f1G.bin 1G
 if [ "$(find "$dir/small" -name '*.bin' | wc -l)" != 1000 ]; then
     for i in $(seq -w 0 999); do head -c 64K /dev/urandom >"$dir/small/s$i.bin"; done
 fi
-run() {
-    printf '$ %s\n' "$*"
+run() { # prints the command, the 1000 small files as their glob
+    printf '$ %s\n' "$(printf '%s' "$*" | sed -E "s#( [^ ]*/small/s[0-9]+\.bin)+# $dir/small/*.bin#")"
     "$@"
     echo
 }
@@ -33,6 +33,7 @@ run() {
     run "$bin" bench "$dir/f256M.bin" --shader histogram
     run "$bin" bench "$dir/f1G.bin" --cold --paths host,upload
     run "$bin" bench "$dir/f1G.bin" --cold --paths host,upload --no-readahead
+    run "$bin" bench "$dir/f256M.bin" --paths upload --parallel-reads
     run "$bin" bench "$dir/f64M.bin"
     run "$bin" bench "$dir"/small/*.bin
     run "$bin" bench "$dir"/small/*.bin --cold

@@ -75,6 +75,10 @@ pub struct BenchOpts {
     /// buys; with --cold).
     #[arg(long)]
     no_readahead: bool,
+    /// upload and heap: read each chunk on every CPU in parallel (as for
+    /// `stream`), to measure what it costs and buys.
+    #[arg(long)]
+    parallel_reads: bool,
     /// One JSON object on stdout (docs/cli.md).
     #[arg(long)]
     json: bool,
@@ -687,6 +691,7 @@ pub fn run(o: BenchOpts) -> Result<ExitCode, CliError> {
         depth: o.depth,
         shader: o.shader,
         readahead: !o.no_readahead,
+        parallel_reads: o.parallel_reads,
         ..StreamConfig::from_env()
     };
     dmafile::stream::validate_config(&gpu, &cfg)?;
@@ -897,6 +902,7 @@ pub fn run(o: BenchOpts) -> Result<ExitCode, CliError> {
         "orders": orders,
         "cache": if o.cold { "cold" } else { "warm" },
         "readahead": !o.no_readahead,
+        "parallel_reads": o.parallel_reads,
         "cpus": threads,
         "load_average": {"start": load_start, "end": load_end},
         "startup_seconds": startup,
@@ -952,13 +958,14 @@ fn human_report(v: &Value) -> String {
         s,
         "{} page cache{}{}; medians of {} rounds after 1 warm-up round, routes alternated; {} CPUs, load {} -> {}",
         v["cache"].as_str().unwrap_or(""),
-        if v["readahead"] == false {
-            ", no read-in of uncached chunks (--no-readahead)"
-        } else {
-            ""
+        match (v["readahead"] == false, v["parallel_reads"] == true) {
+            (false, false) => "",
+            (true, false) => ", --no-readahead",
+            (false, true) => ", --parallel-reads",
+            (true, true) => ", --no-readahead --parallel-reads",
         },
         if v["cache"] == "cold" {
-            " (files evicted before every timed run, checked with mincore)"
+            " (files evicted before every timed run, checked with cachestat or mincore)"
         } else {
             ""
         },

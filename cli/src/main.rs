@@ -78,6 +78,10 @@ struct StreamOpts {
     /// of reading them into the page cache on every CPU first.
     #[arg(long)]
     no_readahead: bool,
+    /// upload and heap: read each chunk on every CPU in parallel (sooner
+    /// done, more CPU per byte) instead of with one read.
+    #[arg(long)]
+    parallel_reads: bool,
     /// One JSON object on stdout (docs/cli.md).
     #[arg(long)]
     json: bool,
@@ -162,6 +166,7 @@ fn stream(o: StreamOpts) -> Result<ExitCode, CliError> {
         memory_budget: o.memory_budget,
         verify: o.verify,
         readahead: !o.no_readahead,
+        parallel_reads: o.parallel_reads,
         ..StreamConfig::from_env()
     };
     let mut s = Streamer::new(&gpu, cfg)?;

@@ -92,7 +92,7 @@ pub(crate) fn import_range(
                 return Err(u.into());
             }
             let heap = open_system_heap()?;
-            let src = fill_heap_buffer(&heap, f, start, n)?;
+            let src = fill_heap_buffer(&heap, f, start, n, true)?;
             let buffer = Buffer::import_dmabuf(dev, src, size)?;
             Ok(done(buffer, None, None, n))
         }

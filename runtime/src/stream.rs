@@ -24,7 +24,7 @@ use crate::import::{choose, cmd_external_ownership, fall_back_mid_file};
 use crate::kmod::{Backing, DmaBuf, Module};
 use crate::path::{Fallback, PathChoice, PathKind, Unavailable};
 use crate::probe::{kernel_side, lease_for_host, open_module, open_system_heap, unmappable};
-use crate::read::{fill_heap_buffer, read_parallel};
+use crate::read::{fill_heap_buffer, read_into, read_parallel};
 use crate::readahead::pull_in;
 use crate::shader::{Accumulator, ShaderKind, ShaderResult};
 use crate::source::{Content, Identity, SourceFile};
@@ -63,6 +63,12 @@ pub struct StreamConfig {
     /// (runtime/src/readahead.rs says why and what it costs). On by
     /// default; off leaves reading to the faults.
     pub readahead: bool,
+    /// On the copy paths (upload, heap), read each chunk on rayon's threads
+    /// in parallel 1 MiB pieces instead of with one `pread` on the calling
+    /// thread: sooner done, more CPU per byte (runtime/src/read.rs). Off
+    /// by default: where the device is busy with the shader, or is the CPU
+    /// itself, the stream is rarely faster for it.
+    pub parallel_reads: bool,
 }
 
 impl StreamConfig {
@@ -88,6 +94,7 @@ impl Default for StreamConfig {
             verify: false,
             force_staging: false,
             readahead: true,
+            parallel_reads: false,
         }
     }
 }
@@ -922,7 +929,7 @@ impl Streamer {
                         device: dev.info().name.clone(),
                         what: "upload memory is not host-visible".into(),
                     })?;
-                read_parallel(f, off, &mut bytes[..n as usize])?;
+                read_into(f, off, &mut bytes[..n as usize], self.cfg.parallel_reads)?;
                 let padded = (n as usize).next_multiple_of(4);
                 bytes[n as usize..padded].fill(0);
                 st.cpu_copied += n;
@@ -959,7 +966,7 @@ impl Streamer {
                     self.heap = Some(open_system_heap()?);
                 }
                 let heap = self.heap.as_ref().expect("opened above");
-                let src = fill_heap_buffer(heap, f, off, n)?;
+                let src = fill_heap_buffer(heap, f, off, n, self.cfg.parallel_reads)?;
                 st.cpu_copied += n;
                 let slot = &mut self.slots[s];
                 slot.input = Some(Buffer::import_dmabuf(&dev, src, n.next_multiple_of(4))?);

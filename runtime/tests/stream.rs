@@ -282,6 +282,7 @@ fn stream_larger_than_the_memory_budget() {
             verify: false,
             force_staging: false,
             readahead: true,
+            parallel_reads: false,
         };
         let r = Streamer::new(&g, cfg)
             .unwrap()
