@@ -19,6 +19,40 @@ pub(crate) struct HostMapping {
 // SAFETY: the mapping is plain memory; the struct only unmaps it on drop.
 unsafe impl Send for HostMapping {}
 
+/// Maps `total` bytes of anonymous memory at an address aligned to `align`
+/// (a power of two), by reserving `align` more and trimming both ends.
+fn reserve_aligned(total: usize, align: usize, prot: i32, flags: i32) -> std::io::Result<usize> {
+    let reserve = total + align;
+    // SAFETY: a fresh anonymous mapping; nothing else refers to it.
+    let r = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            reserve,
+            prot,
+            flags | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if r == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let r = r as usize;
+    let start = r.next_multiple_of(align);
+    // SAFETY: trimming the parts of our own reservation outside
+    // [start, start + total).
+    unsafe {
+        if start > r {
+            libc::munmap(r as *mut c_void, start - r);
+        }
+        let end = start + total;
+        if r + reserve > end {
+            libc::munmap(end as *mut c_void, r + reserve - end);
+        }
+    }
+    Ok(start)
+}
+
 impl HostMapping {
     /// Maps `len` bytes of `fd` at `offset` (a multiple of the page size;
     /// `offset + len` must not pass the end of the file).
@@ -30,33 +64,7 @@ impl HostMapping {
         }
         let file_len = (len as usize).next_multiple_of(page);
         let total = (len as usize).next_multiple_of(align);
-        let reserve = total + align - page;
-        // SAFETY: a fresh anonymous mapping; nothing else refers to it.
-        let r = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                reserve,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if r == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let r = r as usize;
-        let start = r.next_multiple_of(align);
-        // SAFETY: trimming the parts of our own reservation outside [start, start+total).
-        unsafe {
-            if start > r {
-                libc::munmap(r as *mut c_void, start - r);
-            }
-            let end = start + total;
-            if r + reserve > end {
-                libc::munmap(end as *mut c_void, r + reserve - end);
-            }
-        }
+        let start = reserve_aligned(total, align, libc::PROT_READ, libc::MAP_NORESERVE)?;
         // SAFETY: replaces the front of our own reservation with the file.
         let m = unsafe {
             libc::mmap(
@@ -95,33 +103,9 @@ impl HostMapping {
             return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
         }
         let total = (len as usize).next_multiple_of(HUGE);
-        let reserve = total + HUGE;
-        // SAFETY: a fresh anonymous mapping; nothing else refers to it.
-        let r = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                reserve,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if r == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let r = r as usize;
-        let start = r.next_multiple_of(HUGE);
-        // SAFETY: trimming our own reservation to [start, start + total),
-        // then advising it; madvise failures change only speed.
+        let start = reserve_aligned(total, HUGE, libc::PROT_READ | libc::PROT_WRITE, 0)?;
+        // SAFETY: advising our own mapping; failures change only speed.
         unsafe {
-            if start > r {
-                libc::munmap(r as *mut c_void, start - r);
-            }
-            let end = start + total;
-            if r + reserve > end {
-                libc::munmap(end as *mut c_void, r + reserve - end);
-            }
             libc::madvise(start as *mut c_void, total, libc::MADV_HUGEPAGE);
             libc::madvise(start as *mut c_void, total, libc::MADV_POPULATE_WRITE);
         }

@@ -986,18 +986,8 @@ impl Streamer {
         let slot = &mut self.slots[s];
         let padded = n.next_multiple_of(4);
         let cmd = slot.cmd;
-        let barrier = |src: vk::AccessFlags,
-                       dst: vk::AccessFlags,
-                       from: vk::PipelineStageFlags,
-                       to: vk::PipelineStageFlags| {
-            let mb = [vk::MemoryBarrier::default()
-                .src_access_mask(src)
-                .dst_access_mask(dst)];
-            // SAFETY: recording into a command buffer in the recording state.
-            unsafe {
-                d.cmd_pipeline_barrier(cmd, from, to, vk::DependencyFlags::empty(), &mb, &[], &[])
-            };
-        };
+        // SAFETY (of the barriers below): `cmd` is recording.
+        let barrier = |src, dst, from, to| unsafe { memory_barrier(d, cmd, src, dst, from, to) };
         // SAFETY: the slot is idle (complete() waited for its last use), so
         // its command buffer and descriptor set may be reset and rewritten.
         unsafe { crate::gpu::kernels::begin_one_time(d, cmd)? };
@@ -1127,6 +1117,25 @@ impl Streamer {
     }
 }
 
+/// Records a global memory barrier into `cmd`.
+///
+/// # Safety
+/// `cmd` is recording.
+unsafe fn memory_barrier(
+    d: &ash::Device,
+    cmd: vk::CommandBuffer,
+    src: vk::AccessFlags,
+    dst: vk::AccessFlags,
+    from: vk::PipelineStageFlags,
+    to: vk::PipelineStageFlags,
+) {
+    let mb = [vk::MemoryBarrier::default()
+        .src_access_mask(src)
+        .dst_access_mask(dst)];
+    // SAFETY: per the caller.
+    unsafe { d.cmd_pipeline_barrier(cmd, from, to, vk::DependencyFlags::empty(), &mb, &[], &[]) };
+}
+
 /// Records `shader` over `n` bytes of `input` into `cmd` (descriptors in
 /// `set`, per-block results in `out`), then a barrier that makes the
 /// results visible to the host. Records nothing for [`ShaderKind::None`].
@@ -1147,18 +1156,8 @@ unsafe fn record_shader(
     n: u64,
 ) {
     let padded = n.next_multiple_of(4);
-    let barrier = |src: vk::AccessFlags,
-                   dst: vk::AccessFlags,
-                   from: vk::PipelineStageFlags,
-                   to: vk::PipelineStageFlags| {
-        let mb = [vk::MemoryBarrier::default()
-            .src_access_mask(src)
-            .dst_access_mask(dst)];
-        // SAFETY: the caller's command buffer is recording.
-        unsafe {
-            d.cmd_pipeline_barrier(cmd, from, to, vk::DependencyFlags::empty(), &mb, &[], &[])
-        };
-    };
+    // SAFETY (of the barriers below): the caller's `cmd` is recording.
+    let barrier = |src, dst, from, to| unsafe { memory_barrier(d, cmd, src, dst, from, to) };
     if let Some(pipeline) = kernels.pipeline() {
         let out_bytes = shader.output_bytes(n);
         let infos = [
