@@ -376,6 +376,8 @@ struct PathRow {
     setup: Vec<f64>,
     first: Series,
     stream: Series,
+    /// New `dmafile stream` processes (Bench::new_process).
+    process: Series,
     last: Option<dmafile::StreamReport>,
     /// Failed on these files (reported in `skipped`).
     dropped: bool,
@@ -525,6 +527,50 @@ impl Bench<'_> {
         }
     }
 
+    /// A new `dmafile stream` process over the files on path `k`: its wall
+    /// time from spawn to exit is a new process's time-to-visible, start-up
+    /// and everything lazy included. Its result must be the CPU's.
+    fn new_process(&self, k: PathKind) -> Result<Sample, CliError> {
+        let exe = std::env::current_exe()
+            .map_err(|e| usage(format!("bench: cannot find its own executable: {e}")))?;
+        let mut c = Command::new(exe);
+        c.arg("stream")
+            .args(["--path", k.name(), "--shader", self.o.shader.name()])
+            .args(["--chunk", &self.o.chunk.to_string()])
+            .args(["--depth", &self.o.depth.to_string(), "--json"]);
+        if self.o.no_readahead {
+            c.arg("--no-readahead");
+        }
+        if self.o.parallel_reads {
+            c.arg("--parallel-reads");
+        }
+        c.arg("--").args(self.files.iter().map(|f| &f.path));
+        self.cold()?;
+        let cpu = cpu_seconds(libc::RUSAGE_CHILDREN);
+        let t = Instant::now();
+        let out = c
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| usage(format!("bench: cannot run dmafile stream: {e}")))?;
+        let wall = t.elapsed().as_secs_f64();
+        let cpu = cpu_seconds(libc::RUSAGE_CHILDREN) - cpu;
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let want = serde_json::to_value(&self.expected).unwrap_or(Value::Null);
+        if !out.status.success() || v["result"] != want {
+            return Err(CliError {
+                msg: format!(
+                    "bench: a new `dmafile stream --path {}` process gave {} ({}) where the CPU computed {want}: {}",
+                    k.name(),
+                    v["result"],
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                code: 1,
+            });
+        }
+        Ok(Sample { wall, cpu })
+    }
+
     /// A fresh streamer's setup, first run and second run. The outer error
     /// ends the bench (a wrong result); the inner one drops the path.
     fn run_path(&self, row: &mut PathRow, counted: bool) -> Result<Result<(), CliError>, CliError> {
@@ -571,6 +617,11 @@ impl Bench<'_> {
             row.setup.push(setup);
             row.first.0.push(samples[0]);
             row.stream.0.push(samples[1]);
+        }
+        drop(s);
+        let p = self.new_process(row.kind)?;
+        if counted {
+            row.process.0.push(p);
         }
         if !matches!(row.kind, PathKind::Upload | PathKind::Heap) {
             return Ok(Ok(()));
@@ -724,6 +775,7 @@ pub fn run(o: BenchOpts) -> Result<ExitCode, CliError> {
                 setup: vec![],
                 first: Series::default(),
                 stream: Series::default(),
+                process: Series::default(),
                 last: None,
                 dropped: false,
                 visible: None,
@@ -874,8 +926,11 @@ pub fn run(o: BenchOpts) -> Result<ExitCode, CliError> {
                 x["over_read_bound"] = json!(over(f(&x["gbps"])));
                 x
             });
+            let mut process = r.process.json(bytes);
+            process["vs_read"] = json!(read_s / r.process.median());
             json!({
                 "path": r.kind.name(),
+                "new_process": process,
                 "visible_only": visible,
                 "setup_seconds": setup,
                 "first": first,
@@ -1024,6 +1079,7 @@ fn human_report(v: &Value) -> String {
         let name = p["path"].as_str().unwrap_or("");
         row(&mut s, &format!("{name} first"), &p["first"], true);
         row(&mut s, &format!("{name} stream"), &p["stream"], true);
+        row(&mut s, &format!("{name} process"), &p["new_process"], false);
         if p["visible_only"].is_object() {
             row(
                 &mut s,
@@ -1068,7 +1124,7 @@ fn human_report(v: &Value) -> String {
     }
     let _ = writeln!(
         s,
-        "first: a fresh streamer's first run (lazy driver work, staging allocation and page faults included); stream: its second run; no shader: a copy path reading every byte into device-visible memory, no kernel run (its CPU compares with cat's); > shader: CPU s/GiB beyond the shader's own on resident data"
+        "first: a fresh streamer's first run (lazy driver work, staging allocation and page faults included); stream: its second run; process: a new `dmafile stream` process, start to exit; no shader: a copy path reading every byte into device-visible memory, no kernel run (its CPU compares with cat's); > shader: CPU s/GiB beyond the shader's own on resident data"
     );
     s
 }

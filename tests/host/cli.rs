@@ -382,6 +382,10 @@ fn bench_never_reports_a_path_faster_than_the_bytes_can_be_read() {
         );
         for r in rows {
             assert_eq!(r["result"], v["expected_result"], "{r}");
+            // A new process per round, its result checked by the bench.
+            let np = &r["new_process"];
+            assert_eq!(np["samples"].as_array().unwrap().len(), 3, "{np}");
+            assert!(np["median"].as_f64().unwrap() > r["stream"]["median"].as_f64().unwrap());
             for k in ["first", "stream", "visible_only"] {
                 let x = &r[k];
                 if k == "visible_only" && r["path"] != "upload" {
