@@ -327,6 +327,24 @@ fn cached_pages(
     Ok(Some(vec.iter().filter(|&&b| b & 1 != 0).count() as u64))
 }
 
+/// The share of the files' pages in the page cache (`None` where that
+/// cannot be told: no cachestat, and mincore would not answer).
+fn resident_share(files: &[Input]) -> Option<f64> {
+    // SAFETY: plain query.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    let (mut cached, mut pages) = (0u64, 0u64);
+    for f in files {
+        let file = std::fs::File::open(&f.path).ok()?;
+        cached += cached_pages(&file, &f.path, f.len).ok()??;
+        pages += f.len.div_ceil(page);
+    }
+    Some(if pages == 0 {
+        1.0
+    } else {
+        cached as f64 / pages as f64
+    })
+}
+
 /// Evicts every file from the page cache and checks that it left: a file
 /// the kernel keeps (tmpfs, pages mapped or locked elsewhere), or whose
 /// residency cannot be told, cannot be read cold, and the bench says so
@@ -805,8 +823,14 @@ pub fn run(o: BenchOpts) -> Result<ExitCode, CliError> {
     // its place or its neighbour from round to round.
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut orders: Vec<Vec<String>> = vec![];
+    let mut resident: Vec<Option<f64>> = vec![];
     for round in 0..=o.runs {
         let counted = round > 0;
+        if !o.cold && counted {
+            // "Warm" is checked, not assumed: the share of the files' pages
+            // in the page cache as each counted round starts.
+            resident.push(resident_share(&b.files));
+        }
         let mut order: Vec<usize> = (0..routes.len()).collect();
         for k in (1..order.len()).rev() {
             rng ^= rng << 13;
@@ -955,6 +979,7 @@ pub fn run(o: BenchOpts) -> Result<ExitCode, CliError> {
         "runs": o.runs,
         "warmup_rounds": 1,
         "orders": orders,
+        "warm_resident_share": if o.cold { Value::Null } else { json!(resident) },
         "cache": if o.cold { "cold" } else { "warm" },
         "readahead": !o.no_readahead,
         "parallel_reads": o.parallel_reads,
@@ -1009,10 +1034,21 @@ fn human_report(v: &Value) -> String {
         human(v["chunk"].as_u64().unwrap_or(0)),
         v["depth"]
     );
+    let least = v["warm_resident_share"]
+        .as_array()
+        .map(|a| a.iter().map(f).fold(f64::INFINITY, f64::min))
+        .filter(|x| x.is_finite());
+    let cache = match least {
+        Some(x) => format!(
+            "warm page cache ({:.0} % of the pages resident at least)",
+            x * 100.0
+        ),
+        None => format!("{} page cache", v["cache"].as_str().unwrap_or("")),
+    };
     let _ = writeln!(
         s,
-        "{} page cache{}{}; medians of {} rounds after 1 warm-up round, routes alternated; {} CPUs, load {} -> {}",
-        v["cache"].as_str().unwrap_or(""),
+        "{}{}{}; medians of {} rounds after 1 warm-up round, routes alternated; {} CPUs, load {} -> {}",
+        cache,
         match (v["readahead"] == false, v["parallel_reads"] == true) {
             (false, false) => "",
             (true, false) => ", --no-readahead",

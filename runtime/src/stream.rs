@@ -261,12 +261,19 @@ pub fn validate_config(gpu: &Gpu, cfg: &StreamConfig) -> Result<()> {
 
 /// Upper bound of the bytes a stream holds in buffers and mappings.
 pub fn memory_need(gpu: &Gpu, cfg: &StreamConfig) -> u64 {
-    let copies = if gpu.info().host_visible_device_local && !cfg.force_staging {
-        1
+    // Staging of 2 MiB or more may be huge-page memory, whole 2 MiB pages
+    // (HostMapping::anonymous): counted as such, an upper bound.
+    let staging = if cfg.chunk >= 2 << 20 {
+        cfg.chunk.next_multiple_of(2 << 20)
     } else {
-        2
+        cfg.chunk
     };
-    cfg.depth as u64 * (cfg.chunk * copies + cfg.shader.output_bytes(cfg.chunk))
+    let device_copy = if gpu.info().host_visible_device_local && !cfg.force_staging {
+        0
+    } else {
+        cfg.chunk
+    };
+    cfg.depth as u64 * (staging + device_copy + cfg.shader.output_bytes(cfg.chunk))
 }
 
 impl Streamer {
