@@ -456,7 +456,7 @@ fn cli_map(c: &Ctx) -> TestResult {
 fn bench_all_paths(c: &Ctx) -> TestResult {
     let bytes = data(4 << 20, 12);
     let p = write_file(c.fs("ext4")?, "bench.bin", &bytes);
-    let o = dmafile(&["bench", p.to_str().unwrap(), "--runs", "3", "--json"]);
+    let o = dmafile(&["bench", p.to_str().unwrap(), "--runs", "1", "--json"]);
     let v = json(&o)?;
     let rows = v["paths"].as_array().ok_or("no paths in bench output")?;
     for want in ["direct", "host", "heap", "upload"] {
