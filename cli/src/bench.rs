@@ -123,35 +123,42 @@ struct Sample {
 #[derive(Default)]
 struct Series(Vec<Sample>);
 
+/// (median, min, max) of `v`; zeros when empty.
+fn stat(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    let n = v.len();
+    let med = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (med, v[0], v[n - 1])
+}
+
+/// `{median, min, max, samples}` of some seconds.
+fn spread(v: &[f64]) -> Value {
+    let (med, min, max) = stat(v.to_vec());
+    json!({"median": med, "min": min, "max": max, "samples": v})
+}
+
 impl Series {
-    fn stat(&self, f: impl Fn(&Sample) -> f64) -> (f64, f64, f64) {
-        let mut v: Vec<f64> = self.0.iter().map(f).collect();
-        v.sort_by(|a, b| a.total_cmp(b));
-        if v.is_empty() {
-            return (0.0, 0.0, 0.0);
-        }
-        let n = v.len();
-        let med = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        (med, v[0], v[n - 1])
+    fn walls(&self) -> Vec<f64> {
+        self.0.iter().map(|s| s.wall).collect()
     }
     fn median(&self) -> f64 {
-        self.stat(|s| s.wall).0
+        stat(self.walls()).0
     }
     fn cpu_median(&self) -> f64 {
-        self.stat(|s| s.cpu).0
+        stat(self.0.iter().map(|s| s.cpu).collect()).0
     }
     fn json(&self, bytes: u64) -> Value {
-        let (med, min, max) = self.stat(|s| s.wall);
-        json!({
-            "median": med, "min": min, "max": max,
-            "samples": self.0.iter().map(|s| s.wall).collect::<Vec<_>>(),
-            "gbps": gbps(bytes, med),
-            "cpu_seconds_per_gib": self.cpu_median() / (bytes as f64 / GIB),
-        })
+        let mut v = spread(&self.walls());
+        v["gbps"] = json!(gbps(bytes, self.median()));
+        v["cpu_seconds_per_gib"] = json!(self.cpu_median() / (bytes as f64 / GIB));
+        v
     }
 }
 
@@ -589,6 +596,29 @@ impl Bench<'_> {
         Ok(Sample { wall, cpu })
     }
 
+    /// One `run` of `s` over the files (the files evicted first with
+    /// `--cold`): its report and sample. The outer error ends the bench,
+    /// the inner one (the stream's own) drops the path.
+    #[allow(clippy::type_complexity)]
+    fn stream_once(
+        &self,
+        s: &mut Streamer,
+        paths: &[&PathBuf],
+    ) -> Result<Result<(dmafile::StreamReport, Sample), CliError>, CliError> {
+        self.cold()?;
+        let c = cpu_seconds(libc::RUSAGE_SELF);
+        Ok(match s.run(paths, &mut |_, _| {}) {
+            Ok(r) => {
+                let sample = Sample {
+                    wall: r.seconds,
+                    cpu: cpu_seconds(libc::RUSAGE_SELF) - c,
+                };
+                Ok((r, sample))
+            }
+            Err(e) => Err(e.into()),
+        })
+    }
+
     /// A fresh streamer's setup, first run and second run. The outer error
     /// ends the bench (a wrong result); the inner one drops the path.
     fn run_path(&self, row: &mut PathRow, counted: bool) -> Result<Result<(), CliError>, CliError> {
@@ -608,15 +638,12 @@ impl Bench<'_> {
             cpu: 0.0,
         }; 2];
         for sample in &mut samples {
-            self.cold()?;
-            let c = cpu_seconds(libc::RUSAGE_SELF);
-            let r = match s.run(&paths, &mut |_, _| {}) {
-                Ok(r) => r,
-                Err(e) => return Ok(Err(e.into())),
-            };
-            *sample = Sample {
-                wall: r.seconds,
-                cpu: cpu_seconds(libc::RUSAGE_SELF) - c,
+            let r = match self.stream_once(&mut s, &paths)? {
+                Ok((r, x)) => {
+                    *sample = x;
+                    r
+                }
+                Err(e) => return Ok(Err(e)),
             };
             if r.result != self.expected {
                 return Err(CliError {
@@ -656,15 +683,9 @@ impl Bench<'_> {
             }
         }
         let (s, series) = row.visible.as_mut().expect("made above");
-        self.cold()?;
-        let c = cpu_seconds(libc::RUSAGE_SELF);
-        let r = match s.run(&paths, &mut |_, _| {}) {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e.into())),
-        };
-        let sample = Sample {
-            wall: r.seconds,
-            cpu: cpu_seconds(libc::RUSAGE_SELF) - c,
+        let (r, sample) = match self.stream_once(s, &paths)? {
+            Ok(x) => x,
+            Err(e) => return Ok(Err(e)),
         };
         if r.cpu_copied_bytes != self.bytes {
             return Err(CliError {
@@ -934,16 +955,7 @@ pub fn run(o: BenchOpts) -> Result<ExitCode, CliError> {
                 v["of_ceiling"] = json!(ceiling_s / s.median());
                 v["over_read_bound"] = json!(over(f(&v["gbps"])));
             }
-            let mut setup = Series(
-                r.setup
-                    .iter()
-                    .map(|&w| Sample { wall: w, cpu: 0.0 })
-                    .collect(),
-            )
-            .json(bytes);
-            for k in ["gbps", "cpu_seconds_per_gib"] {
-                setup.as_object_mut().expect("object").remove(k);
-            }
+            let setup = spread(&r.setup);
             let visible = r.visible.as_ref().map(|(_, v)| {
                 let mut x = v.json(bytes);
                 x["vs_read"] = json!(read_s / v.median());

@@ -14,7 +14,7 @@ use crate::source::SourceFile;
 use crate::PAGE_SIZE;
 
 /// Bytes per parallel read.
-const READ_PIECE: usize = 1 << 20;
+pub(crate) const READ_PIECE: usize = 1 << 20;
 
 /// Reads `dst.len()` bytes of `f` at `off`: in parallel 1 MiB pieces on
 /// rayon's threads, or with one `pread` on this thread. Parallel copies

@@ -37,7 +37,7 @@ pub(crate) fn pull_in(f: &SourceFile, off: u64, n: u64) -> crate::error::Result<
     if !matches!(f.content(), Content::File) || n == 0 || cached(f, off) && cached(f, last) {
         return Ok(false);
     }
-    const PIECE: u64 = 1 << 20;
+    const PIECE: u64 = crate::read::READ_PIECE as u64;
     (0..n.div_ceil(PIECE)).into_par_iter().try_for_each_init(
         || vec![0u8; PIECE as usize],
         |buf, i| {
@@ -101,7 +101,10 @@ mod tests {
     fn pull_in_reads_uncached_chunks_only() {
         let mib = 1usize << 20;
         let len = 8 * mib + 4097;
-        let p = std::env::temp_dir().join(format!("dmafile-ra-{}", std::process::id()));
+        // In the checkout's target directory: /tmp may be tmpfs, whose
+        // pages cannot be evicted, and this test needs a file that can.
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../target/dmafile-ra-{}", std::process::id()));
         let mut w = std::fs::File::create(&p).unwrap();
         w.write_all(&vec![7u8; len]).unwrap();
         w.sync_all().unwrap();
@@ -109,10 +112,13 @@ mod tests {
         let raw = f.file();
         // SAFETY: advice on our own file.
         unsafe { libc::posix_fadvise(raw.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        if resident(raw, len) * 100 > len / 4096 {
+        let kept = resident(raw, len);
+        if kept * 100 > len / 4096 {
             std::fs::remove_file(&p).unwrap();
-            eprintln!("skip: the page cache keeps this file (tmpfs?), nothing to pull in");
-            return;
+            panic!(
+                "{}: {kept} pages stayed in the page cache after POSIX_FADV_DONTNEED; the checkout must be on a filesystem that can evict them",
+                p.display()
+            );
         }
         assert!(!cached(&f, 0), "evicted, yet the probe saw it cached");
         // The tail chunk, not page-aligned at its end: read to the end.

@@ -190,6 +190,31 @@ struct Slot {
     pending: Option<Pending>,
 }
 
+impl Slot {
+    /// The CPU view of the slot's staging buffer, allocated (chunk bytes,
+    /// [`staging_placement`]) on first use and kept for later runs.
+    fn staging_bytes(
+        &mut self,
+        dev: &std::sync::Arc<crate::gpu::DeviceShared>,
+        cfg: &StreamConfig,
+    ) -> Result<&mut [u8]> {
+        if self.staging.is_none() {
+            self.staging = Some(Buffer::allocate(
+                dev,
+                cfg.chunk,
+                staging_placement(dev, cfg),
+            )?);
+        }
+        self.staging
+            .as_mut()
+            .and_then(|b| b.host_bytes_mut())
+            .ok_or_else(|| Error::DeviceUnsuitable {
+                device: dev.info().name.clone(),
+                what: "upload memory is not host-visible".into(),
+            })
+    }
+}
+
 /// Streams files through a shader; reusable for many runs.
 pub struct Streamer {
     gpu: Gpu,
@@ -401,21 +426,7 @@ impl Streamer {
         for slot in &mut self.slots {
             debug_assert!(slot.pending.is_none(), "run() completes every slot");
             slot.input = None;
-            if slot.staging.is_none() {
-                slot.staging = Some(Buffer::allocate(
-                    &dev,
-                    chunk,
-                    staging_placement(&dev, &self.cfg),
-                )?);
-            }
-            let mem = slot
-                .staging
-                .as_mut()
-                .and_then(|b| b.host_bytes_mut())
-                .ok_or_else(|| Error::DeviceUnsuitable {
-                    device: dev.info().name.clone(),
-                    what: "upload memory is not host-visible".into(),
-                })?;
+            let mem = slot.staging_bytes(&dev, &self.cfg)?;
             read_parallel(sample, 0, &mut mem[..n0 as usize])?;
             mem[n0 as usize..(n0 as usize).next_multiple_of(4)].fill(0);
             if staged && slot.device_copy.is_none() {
@@ -922,20 +933,7 @@ impl Streamer {
         let slot = &mut self.slots[s];
         match path {
             PathKind::Upload => {
-                if slot.staging.is_none() {
-                    slot.staging = Some(Buffer::allocate(
-                        &dev,
-                        chunk,
-                        staging_placement(&dev, &self.cfg),
-                    )?);
-                }
-                let staging = slot.staging.as_mut().expect("allocated above");
-                let bytes = staging
-                    .host_bytes_mut()
-                    .ok_or_else(|| Error::DeviceUnsuitable {
-                        device: dev.info().name.clone(),
-                        what: "upload memory is not host-visible".into(),
-                    })?;
+                let bytes = slot.staging_bytes(&dev, &self.cfg)?;
                 read_into(f, off, &mut bytes[..n as usize], self.cfg.parallel_reads)?;
                 let padded = (n as usize).next_multiple_of(4);
                 bytes[n as usize..padded].fill(0);

@@ -332,6 +332,16 @@ fn memory_stays_bounded_whatever_the_file_size() {
     }
 }
 
+/// The names of a bench JSON's baselines, in order.
+fn baseline_names(v: &Value) -> Vec<String> {
+    v["baselines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// The rule docs/benchmarks.md states: on lavapipe the device is
 /// the CPU, so no path can make a file visible to a shader that reads every
 /// byte faster than the CPUs copy those bytes out of the page cache. Every
@@ -357,12 +367,7 @@ fn bench_never_reports_a_path_faster_than_the_bytes_can_be_read() {
         let v = json_of(&o);
         let bound = v["read_bound"]["gbps"].as_f64().unwrap();
         assert!(bound > 0.0, "{v}");
-        let names: Vec<_> = v["baselines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b["name"].as_str().unwrap().to_string())
-            .collect();
+        let names = baseline_names(&v);
         for want in ["cat", "pread", "pread x", "memcpy x"] {
             assert!(names.iter().any(|n| n.starts_with(want)), "{names:?}");
         }
@@ -455,12 +460,7 @@ fn bench_cold_evicts_or_says_why_not() {
     let v = json_of(&o);
     assert_eq!(v["cache"], "cold");
     assert!(v["read_bound"].is_null(), "{v}");
-    let names: Vec<_> = v["baselines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["name"].as_str().unwrap().to_string())
-        .collect();
+    let names = baseline_names(&v);
     assert!(names.contains(&"dd iflag=direct".to_string()), "{names:?}");
     assert_eq!(v["paths"].as_array().unwrap().len(), 2, "{v}");
     let shm = std::path::Path::new("/dev/shm");

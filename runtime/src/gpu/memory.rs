@@ -60,6 +60,10 @@ impl AsFd for DmaBufSource {
 enum Source {
     Host(#[allow(dead_code)] /* held for its Drop */ HostMapping),
     DmaBuf(DmaBufSource),
+    /// Our own staging memory (HostMapping::anonymous), imported as a host
+    /// pointer: not a file's pages, so not "imported" in the sense of
+    /// [`Buffer::is_imported`].
+    Staging(#[allow(dead_code)] /* held for its Drop */ HostMapping),
 }
 
 pub(crate) struct Buffer {
@@ -71,9 +75,6 @@ pub(crate) struct Buffer {
     // Dropped after `memory` is freed (see Drop), since the import must go
     // before what it was made from.
     source: Option<Source>,
-    /// Our own staging memory, imported as a host pointer: not a file's
-    /// pages, so not "imported" in the sense of [`Buffer::is_imported`].
-    staging: bool,
 }
 
 // SAFETY: Vulkan handles may move between threads; the mapped pointer is only
@@ -138,7 +139,6 @@ impl<'a> Unbound<'a> {
             size,
             mapped: std::ptr::null_mut(),
             source,
-            staging: false,
         };
         // From here the Buffer destroys the VkBuffer.
         std::mem::forget(self);
@@ -184,17 +184,21 @@ impl Buffer {
         // anonymous says why); a refused import falls back to the driver's.
         // Only where every host-visible type is coherent: nothing flushes
         // staging writes.
-        let coherent = dev.mem_props.memory_types[..dev.mem_props.memory_type_count as usize]
-            .iter()
-            .filter(|t| t.property_flags.contains(F::HOST_VISIBLE))
-            .all(|t| t.property_flags.contains(F::HOST_COHERENT));
-        if placement == Placement::Staging && size >= 2 << 20 && dev.host_ext.is_some() && coherent
+        let coherent = || {
+            dev.mem_props.memory_types[..dev.mem_props.memory_type_count as usize]
+                .iter()
+                .filter(|t| t.property_flags.contains(F::HOST_VISIBLE))
+                .all(|t| t.property_flags.contains(F::HOST_COHERENT))
+        };
+        if placement == Placement::Staging
+            && size >= 2 << 20
+            && dev.host_ext.is_some()
+            && coherent()
         {
             if let Ok(map) = HostMapping::anonymous(size) {
                 let ptr = map.ptr() as *mut u8;
-                if let Ok(mut b) = Buffer::import_host(dev, map) {
+                if let Ok(mut b) = Buffer::import_host_as(dev, map, Source::Staging) {
                     b.mapped = ptr;
-                    b.staging = true;
                     return Ok(b);
                 }
             }
@@ -244,6 +248,15 @@ impl Buffer {
     /// Imports a host mapping as device memory. On failure the mapping is
     /// dropped (unmapped) and the Vulkan error returned.
     pub fn import_host(dev: &Arc<DeviceShared>, map: HostMapping) -> Result<Buffer> {
+        Buffer::import_host_as(dev, map, Source::Host)
+    }
+
+    /// [`Buffer::import_host`], keeping the mapping as `source(map)`.
+    fn import_host_as(
+        dev: &Arc<DeviceShared>,
+        map: HostMapping,
+        source: fn(HostMapping) -> Source,
+    ) -> Result<Buffer> {
         let Some(ext) = dev.host_ext.as_ref() else {
             return Err(Error::DeviceUnsuitable {
                 device: dev.info().name.clone(),
@@ -278,7 +291,7 @@ impl Buffer {
         let memory = unsafe { dev.device.allocate_memory(&ai, None) }
             .vk("vkAllocateMemory (host pointer import)")?;
         let size = map.size();
-        buffer.bind(memory, size, Some(Source::Host(map)))
+        buffer.bind(memory, size, Some(source(map)))
     }
 
     /// Imports a dma-buf as a buffer of `size` bytes at its offset 0, with
@@ -360,7 +373,7 @@ impl Buffer {
     /// Whether the memory is imported: a file's pages or a dma-buf, owned
     /// by the external queue family until acquired (our own staging is not).
     pub fn is_imported(&self) -> bool {
-        self.source.is_some() && !self.staging
+        matches!(self.source, Some(Source::Host(_) | Source::DmaBuf(_)))
     }
 
     /// The CPU view of a host-visible buffer, read-only.
