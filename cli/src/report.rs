@@ -78,7 +78,7 @@ pub fn stream_human(r: &StreamReport) -> String {
         None => {
             let _ = writeln!(
                 s,
-                "made {} ({} bytes) shader-visible in {:.3} s on {}; no rate: with --shader none the {} bytes on host/direct were mapped, never read",
+                "made {} ({} bytes) shader-visible in {:.3} s on {}; no rate: with --shader none the {} bytes on host/direct were mapped and read by no shader",
                 human(r.bytes),
                 r.bytes,
                 r.seconds,

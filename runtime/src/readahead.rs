@@ -4,12 +4,13 @@
 //! The host and direct paths hand the device the file's page-cache pages.
 //! When a chunk is not cached, lavapipe's shader threads (or the module's
 //! map) fault the pages in, each fault reading what the kernel's
-//! read-around gives (`read_ahead_kb`, often 128 KiB), synchronously: on
-//! this development machine a cold 1 GiB first pass on host ran at about
-//! 1.0 GB/s that way, against 2.1–2.6 GB/s for two threads `pread`ing it.
-//! So before such a chunk is mapped, [`pull_in`] reads it on every CPU
-//! into scratch buffers that are thrown away (1.6–1.7 GB/s first pass in
-//! the same runs; docs/benchmarks.md). It costs one CPU copy of the bytes,
+//! read-around gives (`read_ahead_kb`, often 128 KiB), synchronously. So
+//! before such a chunk is mapped, [`pull_in`] reads it on every CPU into
+//! scratch buffers that are thrown away. On this development machine's
+//! noisy virtio disk that made a cold 1 GiB first pass on host 1.6–1.7
+//! GB/s instead of 1.0 in one run, 1.96 instead of 1.83 in another, and
+//! 1.25 instead of 1.78 in a third (docs/benchmarks.md, "Cold": six of
+//! eight comparisons favour it). It costs one CPU copy of the bytes,
 //! only for chunks that were not cached, which one-byte `preadv2` calls
 //! with `RWF_NOWAIT` at the chunk's first and last pages tell without
 //! waiting (they fail with `EAGAIN` when a page would need I/O).

@@ -293,10 +293,10 @@ pub fn memory_need(gpu: &Gpu, cfg: &StreamConfig) -> u64 {
     } else {
         cfg.chunk
     };
-    let device_copy = if gpu.info().host_visible_device_local && !cfg.force_staging {
-        0
-    } else {
+    let device_copy = if copies_to_device(gpu.info(), cfg) {
         cfg.chunk
+    } else {
+        0
     };
     cfg.depth as u64 * (staging + device_copy + cfg.shader.output_bytes(cfg.chunk))
 }
@@ -422,7 +422,7 @@ impl Streamer {
         let dev = self.gpu.shared.clone();
         let d = &dev.device;
         let chunk = self.cfg.chunk;
-        let staged = !dev.info().host_visible_device_local || self.cfg.force_staging;
+        let staged = copies_to_device(dev.info(), &self.cfg);
         for slot in &mut self.slots {
             debug_assert!(slot.pending.is_none(), "run() completes every slot");
             slot.input = None;
@@ -446,17 +446,13 @@ impl Streamer {
                     let region = [vk::BufferCopy::default().size(n0.next_multiple_of(4))];
                     d.cmd_copy_buffer(cmd, src.buffer, dst.buffer, &region);
                 }
-                let mb = [vk::MemoryBarrier::default()
-                    .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-                    .dst_access_mask(vk::AccessFlags::SHADER_READ)];
-                d.cmd_pipeline_barrier(
+                memory_barrier(
+                    d,
                     cmd,
+                    vk::AccessFlags::TRANSFER_WRITE,
+                    vk::AccessFlags::SHADER_READ,
                     vk::PipelineStageFlags::TRANSFER,
                     vk::PipelineStageFlags::COMPUTE_SHADER,
-                    vk::DependencyFlags::empty(),
-                    &mb,
-                    &[],
-                    &[],
                 );
             }
             let v = self.submit_cmd(cmd)?;
@@ -938,9 +934,7 @@ impl Streamer {
                 let padded = (n as usize).next_multiple_of(4);
                 bytes[n as usize..padded].fill(0);
                 st.cpu_copied += n;
-                if (!dev.info().host_visible_device_local || self.cfg.force_staging)
-                    && slot.device_copy.is_none()
-                {
+                if copies_to_device(dev.info(), &self.cfg) && slot.device_copy.is_none() {
                     slot.device_copy = Some(Buffer::allocate(&dev, chunk, Placement::Device)?);
                 }
                 Ok(())
@@ -1238,13 +1232,19 @@ fn process_cpu_seconds() -> f64 {
     t(u.ru_utime) + t(u.ru_stime)
 }
 
+/// Whether the upload path copies staging into a device-local buffer for
+/// the shader (no host-visible device-local memory, or `force_staging`).
+fn copies_to_device(info: &crate::DeviceInfo, cfg: &StreamConfig) -> bool {
+    !info.host_visible_device_local || cfg.force_staging
+}
+
 /// Where upload staging lives: our own huge-page host memory when the
 /// device copies it to device-local memory or is the CPU itself; the
 /// driver's host-visible (preferably device-local) memory when a GPU's
 /// shader reads it in place.
 fn staging_placement(dev: &crate::gpu::DeviceShared, cfg: &StreamConfig) -> Placement {
     let info = dev.info();
-    if !info.host_visible_device_local || cfg.force_staging || info.kind == crate::DeviceKind::Cpu {
+    if copies_to_device(info, cfg) || info.kind == crate::DeviceKind::Cpu {
         Placement::Staging
     } else {
         Placement::Upload
