@@ -525,6 +525,12 @@ impl Streamer {
             return Ok(());
         }
         self.wait_value(value)?;
+        self.fold_out(s, len, acc)
+    }
+
+    /// Folds slot `s`'s per-block results for `len` bytes into `acc` (the
+    /// device has finished with them).
+    fn fold_out(&self, s: usize, len: u64, acc: &mut Accumulator) -> Result<()> {
         let words = (self.cfg.shader.output_bytes(len) / 4) as usize;
         let out = self.slots[s]
             .out
@@ -1101,16 +1107,7 @@ impl Streamer {
         // The device is done with the chunk: free its import, then unmap it.
         slot.input = None;
         let t = Instant::now();
-        let shader = self.cfg.shader;
-        let words = (shader.output_bytes(p.len) / 4) as usize;
-        let out = slot
-            .out
-            .host_words(words)
-            .ok_or_else(|| Error::DeviceUnsuitable {
-                device: self.gpu.info().name.clone(),
-                what: "readback memory is not host-visible".into(),
-            })?;
-        st.accs[p.file].fold_gpu(p.len, out);
+        self.fold_out(s, p.len, &mut st.accs[p.file])?;
         st.phases.fold += t.elapsed().as_secs_f64();
         f.check_unchanged()
     }
